@@ -1,0 +1,1 @@
+"""Agents, one module each. `orchestrator_app.topology` imports them."""

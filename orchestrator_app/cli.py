@@ -1,1 +1,47 @@
-def main() -> None: ...
+"""Entry point of the ``payment-orchestrator`` command: Faust's CLI with our commands.
+
+Configuration is validated *before* the app is built, so a bad setting ends the process
+with exit code 2 and one line naming the variable, not a traceback from deep in Faust.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from orchestrator_app.config import ALL_SERVICES, ConfigError, load_settings
+
+__all__ = ["main"]
+
+#: Servers each command needs; commands not listed need all of them.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "migrate": ("DATABASE_URL",),
+}
+#: Commands that only print (help, version): nothing is required.
+_INFORMATIONAL = {"", "--help", "-h", "--version", "help"}
+
+
+def _subcommand(argv: Sequence[str]) -> str:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+        if arg in _INFORMATIONAL:
+            return arg
+    return ""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = _subcommand(args)
+    required = () if command in _INFORMATIONAL else _REQUIRED.get(command, ALL_SERVICES)
+    try:
+        load_settings(required=required)
+    except ConfigError as exc:
+        print(f"payment-orchestrator: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    from orchestrator_app import commands, topology  # noqa: F401 - registers everything
+
+    app = topology.load()
+    sys.argv = [sys.argv[0], *args]
+    app.main()

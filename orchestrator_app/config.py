@@ -65,7 +65,10 @@ class Settings:
     nats_url: str = ""
     jaeger_endpoint: str | None = None
     port: int = 8082
-    web_host: str = "0.0.0.0"
+    #: Address the web server binds to.
+    web_bind: str = "0.0.0.0"
+    #: Host name other replicas use to reach this one (table routing); default: hostname.
+    web_host: str = ""
     app_id: str = "payment-orchestrator"
     data_dir: str = "data"
     table_store: str = "rocksdb://"
@@ -99,29 +102,50 @@ class Settings:
 # --- parsers: each takes the raw string and returns a value or raises ValueError ---------
 
 
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _non_negative_int(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value <= 0:
         raise ValueError("must be a positive integer")
     return value
 
 
 def _port(raw: str) -> int:
-    value = int(raw)
+    value = _int(raw)
     if not 1 <= value <= 65535:
         raise ValueError("must be a TCP port between 1 and 65535")
     return value
 
 
 def _positive_seconds(raw: str) -> float:
-    value = float(raw)
+    value = _float(raw)
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value
 
 
 def _factor(raw: str) -> float:
-    value = float(raw)
+    value = _float(raw)
     if not 1.0 <= value < 100.0:
         raise ValueError("must be a number from 1 to 100")
     return value
@@ -213,6 +237,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NATS_URL": ("nats_url", _nats_urls),
     "JAEGER_ENDPOINT": ("jaeger_endpoint", _url("http", "https")),
     "PORT": ("port", _port),
+    "WEB_BIND": ("web_bind", str),
     "WEB_HOST": ("web_host", str),
     "APP_ID": ("app_id", _topic_name),
     "DATA_DIR": ("data_dir", str),
@@ -222,7 +247,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FRAUD_CHECK_TIMEOUT_SECONDS": ("fraud_timeout", _positive_seconds),
     "PROCESSOR_TIMEOUT_SECONDS": ("processor_timeout", _positive_seconds),
     "REFUND_TIMEOUT_SECONDS": ("refund_timeout", _positive_seconds),
-    "RETRY_MAX_ATTEMPTS": ("retry_max_attempts", int),
+    "RETRY_MAX_ATTEMPTS": ("retry_max_attempts", _non_negative_int),
     "RETRY_INITIAL_DELAY_SECONDS": ("retry_initial_delay", _positive_seconds),
     "RETRY_MAX_DELAY_SECONDS": ("retry_max_delay", _positive_seconds),
     "RETRY_BACKOFF_FACTOR": ("retry_backoff_factor", _factor),
@@ -288,8 +313,6 @@ def _shown(variable: str, raw: str) -> str:
 
 
 def _check_consistency(s: Settings) -> None:
-    if s.retry_max_attempts < 0:
-        raise ConfigError("RETRY_MAX_ATTEMPTS", "must be 0 or more")
     if s.retry_initial_delay > s.retry_max_delay:
         raise ConfigError(
             "RETRY_INITIAL_DELAY_SECONDS", "must not exceed RETRY_MAX_DELAY_SECONDS"

@@ -194,13 +194,14 @@ class Stack:
     # -- plumbing ---------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], ready: Callable[[], bool], timeout: float,
                *, user: str | None = None, stop_signal: int = signal.SIGTERM,
-               cwd: Path | None = None) -> _Child:
+               cwd: Path | None = None, t0: float | None = None) -> _Child:
         """Start argv in its own process group, logging to run_dir/<name>.log; wait for ready().
 
         Fails fast if the process dies, and with the log tail if it is not ready in time.
+        ``t0`` lets the reported start time include preparation (format, initdb).
         """
         log_path = self.run_dir / f"{name}.log"
-        t0 = time.monotonic()
+        t0 = time.monotonic() if t0 is None else t0
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
@@ -217,7 +218,7 @@ class Stack:
             if time.monotonic() - t0 > timeout:
                 raise StackError(f"{name} not ready after {timeout:.0f}s; "
                                  f"log {log_path}:\n{tail(log_path)}")
-            time.sleep(0.1)
+            time.sleep(0.05)
         self.log(f"devstack: {name} ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
         return child
 
@@ -256,6 +257,7 @@ class Stack:
                 raise StackError("Java 17+ is needed for Kafka: apt-get install -y "
                                  "openjdk-17-jre-headless")
             jars = fetch_kafka(self.cache_dir, self.log)
+            t0 = time.monotonic()
             port, cport = free_port(), free_port()
             data = self.run_dir / "kafka-data"
             self._data_dirs.append(data)
@@ -295,7 +297,7 @@ class Stack:
                 return tcp_reachable("127.0.0.1", port, 0.5) and \
                     "Kafka Server started" in log_path.read_text(errors="replace")
 
-            self._spawn("kafka", [*jvm, "kafka.Kafka", str(props)], ready, 90)
+            self._spawn("kafka", [*jvm, "kafka.Kafka", str(props)], ready, 90, t0=t0)
             self._resolved["kafka"] = self._resolved["KAFKA_BROKERS"] = f"127.0.0.1:{port}"
             return self._resolved["kafka"]
 
@@ -333,6 +335,7 @@ class Stack:
                     (url := self._resolved.get("postgres")):
                 return url
             bindir = postgres_bindir(self.log)
+            t0 = time.monotonic()
             # Postgres refuses to run as root: run it as the `postgres` user, with its data
             # under /tmp (always traversable) instead of a run dir it may not be able to reach.
             user = None
@@ -369,8 +372,8 @@ class Stack:
                          "-k", str(sock), "-c", "listen_addresses=127.0.0.1",
                          "-c", "fsync=off", "-c", "synchronous_commit=off",
                          "-c", "full_page_writes=off"],
-                        lambda: subprocess.run(isready).returncode == 0, 30,
-                        user=user, stop_signal=signal.SIGINT, cwd=base)  # SIGINT: fast shutdown
+                        lambda: subprocess.run(isready).returncode == 0, 30, user=user,
+                        stop_signal=signal.SIGINT, cwd=base, t0=t0)  # SIGINT = fast shutdown
             url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
             self._resolved["postgres"] = self._resolved["DATABASE_URL"] = url
             return url

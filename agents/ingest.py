@@ -1,0 +1,83 @@
+"""Ingest agent: ``payment.created`` → validated CREATE command, or a dead letter.
+
+It never crashes on input: every value is either forwarded or dead-lettered with the raw
+bytes, the reason and its source position, and the stream moves on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator_app import metrics
+from orchestrator_app.app import app, settings
+from orchestrator_app.domain import codec
+from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
+from orchestrator_app.domain.saga import create_command_id, format_timestamp
+from orchestrator_app.domain.validation import Invalid, validate_created
+from orchestrator_app.topics import commands, payment_created, payment_created_dlq
+
+__all__ = ["dead_letter", "ingest", "to_command"]
+
+log = logging.getLogger(__name__)
+
+
+def to_command(payment: PaymentCreated, raw: bytes, source: SourceRef, now: str) -> Command:
+    return Command(
+        kind=CommandKind.CREATE.value,
+        payment_id=payment.payment_id,
+        command_id=create_command_id(payment.payment_id),
+        issued_at=now,
+        payment=payment,
+        source=source,
+        raw=raw.decode(),
+    )
+
+
+def dead_letter(
+    raw: bytes, reason_code: str, reason: str, source: SourceRef, now: str, stage: str
+) -> bytes:
+    """The dead-letter record: exact raw bytes (base64) plus a readable copy when UTF-8."""
+    record: dict[str, Any] = {
+        "stage": stage,
+        "reason_code": reason_code,
+        "reason": reason,
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+        "failed_at": now,
+        "payload_base64": base64.b64encode(raw).decode(),
+    }
+    try:
+        record["payload_text"] = raw.decode()
+    except UnicodeDecodeError:
+        record["payload_text"] = None
+    return codec.dumps(record)
+
+
+@app.agent(payment_created)
+async def ingest(stream: Any) -> None:
+    async for event in stream.events():
+        message = event.message
+        raw: bytes = event.value if isinstance(event.value, bytes) else b""
+        source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
+        now = format_timestamp(datetime.now(UTC))
+        result = validate_created(raw, settings.max_event_bytes)
+        if isinstance(result, Invalid):
+            metrics.dead_letters.labels(reason=result.code).inc()
+            # Only the reason code and position: the payload may hold customer data.
+            log.warning(
+                "dead-lettered payment.created at %s[%d]@%d: %s",
+                source.topic, source.partition, source.offset, result.code,
+            )
+            await payment_created_dlq.send(
+                key=message.key,
+                value=dead_letter(raw, result.code, result.detail, source, now, "ingest"),
+            )
+        else:
+            await commands.send(
+                key=result.payment_id, value=to_command(result, raw, source, now)
+            )
+        metrics.messages_processed.labels(topic=source.topic).inc()

@@ -1,0 +1,47 @@
+"""The Faust application object, configured from `orchestrator_app.config`.
+
+Only the `App` lives here; topics, tables, agents and views import it (never the other way
+round), and `orchestrator_app.topology` imports them all so the worker has every piece.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import faust
+
+from orchestrator_app.config import get_settings
+
+__all__ = ["app", "settings"]
+
+settings = get_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker_url,
+    store=settings.table_store,
+    datadir=settings.data_dir,
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=settings.topic_replication_factor,
+    # Join a group within seconds, also on Tansu (DESIGN §7): it holds a join for half
+    # the session timeout, so the 60 s default would keep a worker idle for 30 s.
+    broker_session_timeout=settings.broker_session_timeout,
+    broker_heartbeat_interval=settings.broker_heartbeat_interval,
+    broker_rebalance_timeout=settings.broker_rebalance_timeout,
+    consumer_auto_offset_reset="earliest",
+    # Small linger and big batches: the producer batches the sends we do not await.
+    producer_linger=0.005,
+    producer_max_batch_size=256 * 1024,
+    producer_acks=-1,
+    web_bind=settings.web_bind,
+    web_port=settings.port,
+    web_host=settings.web_host or socket.gethostname(),
+    # Payment data leaves only through our own API: no table browsing, no debug pages.
+    web_tables_enabled=False,
+    web_stats_enabled=False,
+    web_graph_enabled=False,
+    web_router_enabled=False,
+    web_metrics_enabled=False,
+    table_standby_replicas=0,
+    store_check_exists=True,
+)

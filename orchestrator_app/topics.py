@@ -1,0 +1,58 @@
+"""Every Kafka topic the orchestrator reads or writes (DESIGN §1), in one place.
+
+All are declared ``internal`` so the worker creates them at start-up when missing, with the
+same partition count: co-partitioning keeps a payment's commands, table shard and events on
+the same partition number.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from orchestrator_app.app import app, settings
+from orchestrator_app.domain.records import Command
+
+__all__ = [
+    "ALL_TOPICS",
+    "commands",
+    "notifications",
+    "payment_created",
+    "payment_created_dlq",
+    "state_changed",
+]
+
+_names = settings.topics
+
+
+def _topic(name: str, **options: object) -> faust.TopicT:
+    return app.topic(
+        name,
+        internal=True,
+        partitions=settings.topic_partitions,
+        replicas=settings.topic_replication_factor,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+#: Input from the API gateway. Raw bytes: the ingest agent validates them itself, so a bad
+#: event becomes a dead letter instead of a deserialisation crash.
+payment_created = _topic(
+    _names.payment_created, key_type=bytes, value_type=bytes, value_serializer="raw"
+)
+#: Refused inputs with the raw bytes, the reason and the source position.
+payment_created_dlq = _topic(_names.payment_created_dlq, value_serializer="raw")
+#: Everything that can change a payment, keyed by payment_id (DESIGN §1).
+commands = _topic(_names.commands, key_type=str, value_type=Command)
+#: One event per transition; key payment_id; exact-decimal JSON.
+state_changed = _topic(_names.state_changed, key_type=str, value_serializer="raw")
+#: Customer and operations notifications.
+notifications = _topic(_names.notifications, key_type=str, value_serializer="raw")
+
+ALL_TOPICS = [payment_created, payment_created_dlq, commands, state_changed, notifications]
+
+
+@app.task
+async def declare_topics() -> None:
+    """Create produce-only topics too; the consumed ones Faust declares before subscribing."""
+    for topic in ALL_TOPICS:
+        await topic.maybe_declare()
