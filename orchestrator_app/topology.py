@@ -17,10 +17,9 @@ EXPECTED_TABLES = frozenset({"payments"})
 
 def load() -> faust.App:
     """Import every part of the topology and return the app."""
-    from orchestrator_app import topics, web  # noqa: F401
-    from orchestrator_app.app import app
-
     import agents.ingest  # noqa: F401
     import tables.payments  # noqa: F401
+    from orchestrator_app import topics, web  # noqa: F401
+    from orchestrator_app.app import app
 
     return app

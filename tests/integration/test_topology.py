@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +10,15 @@ import sys
 from orchestrator_app.topology import EXPECTED_AGENTS, EXPECTED_TABLES
 
 PROBE = """
+import json
 from orchestrator_app import topology
 app = topology.load()
-print(sorted(app.agents))
-print(sorted(app.tables))
-print(app.conf.web_tables_enabled, app.conf.web_stats_enabled, app.conf.web_router_enabled)
+print(json.dumps({
+    "agents": sorted(app.agents),
+    "tables": sorted(app.tables),
+    "debug_pages": [app.conf.web_tables_enabled, app.conf.web_stats_enabled,
+                    app.conf.web_router_enabled],
+}))
 """
 
 
@@ -22,7 +27,8 @@ def test_app_has_every_agent_and_table() -> None:
     env = dict(os.environ, KAFKA_BROKERS="127.0.0.1:9", DATABASE_URL="postgresql://h/db",
                REDIS_URL="redis://h:1", NATS_URL="nats://h:1")
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout.splitlines()
-    assert set(eval(out[0])) == EXPECTED_AGENTS  # noqa: S307 - our own repr output
-    assert set(eval(out[1])) == EXPECTED_TABLES  # noqa: S307
-    assert out[2] == "False False False"
+                         text=True, timeout=60, check=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert set(found["agents"]) == EXPECTED_AGENTS
+    assert set(found["tables"]) == EXPECTED_TABLES
+    assert found["debug_pages"] == [False, False, False]

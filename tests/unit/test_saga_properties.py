@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from orchestrator_app.domain import saga
@@ -195,6 +195,41 @@ def check_requests(outcome: Outcome) -> None:
         assert outcome.process_requests == ()
 
 
+#: Transitions that need no outside input (DESIGN §2 "automatic").
+def automatic_steps(auto_process: bool) -> set[tuple[State, State]]:
+    steps = {(State.NEW, State.FRAUD_CHECK), (State.RETRY, State.PROCESSING)}
+    if auto_process:
+        steps.add((State.APPROVED, State.PROCESSING))
+    return steps
+
+
+def expected_first_step(payment: Payment, cmd: Command) -> tuple[State, State] | None:
+    """What a (new, non-create) command should do to `payment`, written from DESIGN §2 and
+    the command contracts; None if it must be refused."""
+    state = State(payment.state)
+    step: tuple[State, State] | None = None
+    if cmd.kind == K.FRAUD_RESULT and cmd.approved is not None:
+        step = (State.FRAUD_CHECK, State.APPROVED if cmd.approved else State.REJECTED)
+    elif cmd.kind == K.FRAUD_UNAVAILABLE:
+        step = (State.FRAUD_CHECK, State.MANUAL_REVIEW)
+    elif cmd.kind == K.REVIEW and cmd.decision in ("approve", "reject"):
+        target = State.APPROVED if cmd.decision == "approve" else State.REJECTED
+        step = (State.MANUAL_REVIEW, target)
+    elif cmd.kind == K.START_PROCESSING:
+        step = (State.APPROVED, State.PROCESSING)
+    elif (
+        cmd.kind == K.PROCESS_RESULT
+        and cmd.success is not None
+        and cmd.attempt == payment.attempt  # a late answer to an old attempt is refused
+    ):
+        step = (State.PROCESSING, State.COMPLETED if cmd.success else State.FAILED)
+    elif cmd.kind == K.RETRY:
+        step = (State.FAILED, State.RETRY)
+    if step is None or step[0] is not state:
+        return None
+    return step
+
+
 # --- strategies -------------------------------------------------------------------------
 
 #: A small pool, so that different commands share ids now and then.
@@ -330,6 +365,38 @@ def test_saga_invariants_hold_for_any_command_stream(
             assert outcome_key(apply(restored, cmd, now, policy)) == outcome_key(outcome)
 
         new = outcome.payment
+        event(f"status {outcome.status.value}")
+        if new is not None:
+            event(f"state {new.state}")
+
+        # what the command should have done, judged independently of the saga's code
+        if payment is None:
+            expected = (
+                Status.APPLIED
+                if cmd.kind == K.CREATE and cmd.payment is not None
+                else Status.REJECTED
+            )
+            assert outcome.status is expected
+        elif cmd.command_id in payment.applied:
+            assert outcome.status is Status.DUPLICATE
+        elif cmd.kind == K.CREATE:
+            assert outcome.status in (Status.DUPLICATE, Status.CONFLICT, Status.REJECTED)
+            assert (outcome.status is Status.REJECTED) == (cmd.payment is None)
+        else:
+            step = expected_first_step(payment, cmd)
+            if step is None:
+                assert outcome.status is Status.REJECTED
+            else:
+                assert outcome.status is Status.APPLIED
+                assert new is not None
+                entry = new.history[payment.version]
+                assert (State(entry.previous_state), State(entry.state)) == step
+                # whatever follows is automatic only, and stops where input is needed
+                auto = automatic_steps(auto_process)
+                for h in new.history[payment.version + 1 :]:
+                    assert (State(h.previous_state), State(h.state)) in auto
+                assert State(new.state) not in {src for src, _ in auto}
+
         if outcome.status is Status.APPLIED:
             assert new is not None
             old_version = 0 if payment is None else payment.version
@@ -338,12 +405,13 @@ def test_saga_invariants_hold_for_any_command_stream(
             assert [e.version for e in outcome.events] == list(
                 range(old_version + 1, new.version + 1)
             )
-            for event, entry in zip(outcome.events, new.history[old_version:], strict=True):
-                assert event.event_id == f"{PID}:{event.version}"
-                assert event.current_state == entry.state
-                assert event.previous_state == entry.previous_state
-                assert event.changed_at == now
-                assert event.amount == new.amount and event.currency == new.currency
+            for ev, entry in zip(outcome.events, new.history[old_version:], strict=True):
+                assert ev.event_id == f"{PID}:{ev.version}"
+                assert ev.current_state == entry.state
+                assert ev.previous_state == entry.previous_state
+                assert ev.metadata == entry.metadata
+                assert ev.changed_at == now
+                assert ev.amount == new.amount and ev.currency == new.currency
             # history up to the old version is untouched
             if payment is not None:
                 assert [h.dumps() for h in new.history[:old_version]] == [

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` (coming with the saga issue) and `make test`.
+# Both set up .venv themselves; the tests start every server they need (orchestrator_app/devstack.py).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv test unit lint clean-stack
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## make test: the whole suite; starts Apache Kafka (unless KAFKA_BROKERS is set), PostgreSQL,
+## Redis, NATS (unless DATABASE_URL / REDIS_URL / NATS_URL are set) and stops them afterwards.
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## make unit: the pure-logic tests only (no servers, seconds).
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestrator_app agents tables tests
+	$(BIN)/mypy
+
+## Remove the logs of earlier dev-stack runs.
+clean-stack:
+	rm -rf .stack
