@@ -6,20 +6,19 @@ bytes, the reason and its source position, and the stream moves on.
 
 from __future__ import annotations
 
-import base64
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app, settings
-from orchestrator_app.domain import codec
+from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
 from orchestrator_app.domain.saga import create_command_id, format_timestamp
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.topics import commands, payment_created, payment_created_dlq
 
-__all__ = ["dead_letter", "ingest", "to_command"]
+__all__ = ["ingest", "to_command"]
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +33,6 @@ def to_command(payment: PaymentCreated, raw: bytes, source: SourceRef, now: str)
         source=source,
         raw=raw.decode(),
     )
-
-
-def dead_letter(
-    raw: bytes, reason_code: str, reason: str, source: SourceRef, now: str, stage: str
-) -> bytes:
-    """The dead-letter record: exact raw bytes (base64) plus a readable copy when UTF-8."""
-    record: dict[str, Any] = {
-        "stage": stage,
-        "reason_code": reason_code,
-        "reason": reason,
-        "source_topic": source.topic,
-        "source_partition": source.partition,
-        "source_offset": source.offset,
-        "failed_at": now,
-        "payload_base64": base64.b64encode(raw).decode(),
-    }
-    try:
-        record["payload_text"] = raw.decode()
-    except UnicodeDecodeError:
-        record["payload_text"] = None
-    return codec.dumps(record)
 
 
 @app.agent(payment_created)
@@ -72,12 +50,10 @@ async def ingest(stream: Any) -> None:
                 "dead-lettered payment.created at %s[%d]@%d: %s",
                 source.topic, source.partition, source.offset, result.code,
             )
-            await payment_created_dlq.send(
+            payment_created_dlq.send_soon(
                 key=message.key,
                 value=dead_letter(raw, result.code, result.detail, source, now, "ingest"),
             )
         else:
-            await commands.send(
-                key=result.payment_id, value=to_command(result, raw, source, now)
-            )
-        metrics.messages_processed.labels(topic=source.topic).inc()
+            commands.send_soon(key=result.payment_id, value=to_command(result, raw, source, now))
+        metrics.messages_processed.labels(topic="payment.created").inc()

@@ -86,6 +86,11 @@ class Settings:
     breaker_reset_timeout: float = 60.0
     breaker_half_open_max_requests: int = 1
     auto_process: bool = True
+    #: Concurrent NATS calls per worker, per downstream.
+    fraud_concurrency: int = 64
+    processor_concurrency: int = 64
+    #: Largest batch the Postgres sink writes in one transaction.
+    sink_batch_size: int = 500
     max_event_bytes: int = 65536
     api_tokens: tuple[str, ...] = ()
     broker_session_timeout: float = 6.0
@@ -255,6 +260,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BREAKER_RESET_TIMEOUT_SECONDS": ("breaker_reset_timeout", _positive_seconds),
     "BREAKER_HALF_OPEN_MAX_REQUESTS": ("breaker_half_open_max_requests", _positive_int),
     "AUTO_PROCESS": ("auto_process", _bool),
+    "FRAUD_CONCURRENCY": ("fraud_concurrency", _positive_int),
+    "PROCESSOR_CONCURRENCY": ("processor_concurrency", _positive_int),
+    "SINK_BATCH_SIZE": ("sink_batch_size", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
     "API_TOKEN": ("api_tokens", _tokens),
     "BROKER_SESSION_TIMEOUT_SECONDS": ("broker_session_timeout", _positive_seconds),
@@ -306,10 +314,12 @@ def _shown(variable: str, raw: str) -> str:
     """Never echo a secret (a token, a password inside a URL) into a log line."""
     if variable == "API_TOKEN":
         return "<hidden>"
-    parts = urlsplit(raw)
-    if parts.password:
-        return repr(raw.replace(parts.password, "***"))
-    return repr(raw)
+    # Mask every userinfo part ("user:password@"), in each URL of a list, without parsing
+    # (a value that failed to parse may fail to parse again).
+    return repr(_USERINFO.sub("***@", raw))
+
+
+_USERINFO = re.compile(r"[^/@,]+@")
 
 
 def _check_consistency(s: Settings) -> None:

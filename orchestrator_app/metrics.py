@@ -6,10 +6,18 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 __all__ = [
     "REGISTRY",
+    "command_latency",
     "dead_letters",
     "duplicates_ignored",
+    "fraud_duration",
+    "fraud_timeouts",
+    "fraud_unavailable",
     "messages_processed",
+    "processor_duration",
     "render",
+    "sink_retries",
+    "sink_rows",
+    "sink_skipped",
     "transition_errors",
     "transitions",
 ]
@@ -49,6 +57,43 @@ command_latency = Histogram(
     "payment_state_transition_duration_seconds",
     "Time to apply one command in the saga agent.",
     ["state"],
+    registry=REGISTRY,
+)
+
+
+fraud_timeouts = Counter(
+    "payment_fraud_check_timeouts",
+    "Fraud checks that got no reply in time (the payment goes to MANUAL_REVIEW).",
+    registry=REGISTRY,
+)
+fraud_unavailable = Counter(
+    "payment_fraud_check_unavailable",
+    "Fraud checks with no responder or no NATS connection.",
+    registry=REGISTRY,
+)
+fraud_duration = Histogram(
+    "payment_fraud_check_duration_seconds",
+    "Duration of NATS fraud.check requests.",
+    registry=REGISTRY,
+)
+processor_duration = Histogram(
+    "payment_processing_duration_seconds",
+    "Duration of NATS payment.process requests.",
+    registry=REGISTRY,
+)
+sink_rows = Counter(
+    "payment_sink_rows_written",
+    "State changes written to PostgreSQL (redeliveries included; they change nothing).",
+    registry=REGISTRY,
+)
+sink_retries = Counter(
+    "payment_sink_retries",
+    "Postgres sink batches retried because the database was unreachable.",
+    registry=REGISTRY,
+)
+sink_skipped = Counter(
+    "payment_sink_skipped",
+    "Undecodable state changes the sink skipped (a bug if ever non-zero).",
     registry=REGISTRY,
 )
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import faust
 
 from orchestrator_app.app import app, settings
-from orchestrator_app.domain.records import Command
+from orchestrator_app.domain.records import Command, FraudCheckRequest, ProcessRequest
 
 __all__ = [
     "ALL_TOPICS",
     "commands",
+    "fraud_requests",
     "notifications",
     "payment_created",
     "payment_created_dlq",
+    "processor_requests",
     "state_changed",
 ]
 
@@ -43,12 +45,21 @@ payment_created = _topic(
 payment_created_dlq = _topic(_names.payment_created_dlq, value_serializer="raw")
 #: Everything that can change a payment, keyed by payment_id (DESIGN §1).
 commands = _topic(_names.commands, key_type=str, value_type=Command)
+#: Work for the fraud agent (NATS fraud.check), keyed by payment_id.
+fraud_requests = _topic(_names.fraud_requests, key_type=str, value_type=FraudCheckRequest)
+#: Work for the processor agent (NATS payment.process), keyed by payment_id.
+processor_requests = _topic(
+    _names.processor_requests, key_type=str, value_type=ProcessRequest
+)
 #: One event per transition; key payment_id; exact-decimal JSON.
 state_changed = _topic(_names.state_changed, key_type=str, value_serializer="raw")
 #: Customer and operations notifications.
 notifications = _topic(_names.notifications, key_type=str, value_serializer="raw")
 
-ALL_TOPICS = [payment_created, payment_created_dlq, commands, state_changed, notifications]
+ALL_TOPICS = [
+    payment_created, payment_created_dlq, commands, fraud_requests, processor_requests,
+    state_changed, notifications,
+]
 
 
 @app.task

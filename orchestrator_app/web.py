@@ -1,15 +1,49 @@
-"""HTTP endpoints served by every worker's Faust web server."""
+"""HTTP endpoints served by every worker's Faust web server.
+
+The state view is table-routed: a request for a payment whose partition another replica
+owns is forwarded to that replica, so any replica answers for any payment.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from faust import web
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app
+from orchestrator_app.domain import codec
+from orchestrator_app.domain.records import Payment
+from tables.payments import payments
 
-__all__ = ["health", "prometheus_metrics"]
+__all__ = ["health", "payment_state", "prometheus_metrics", "state_view"]
 
 SERVICE_NAME = "payment-orchestrator"
+JSON = "application/json"
+
+
+def state_view(payment: Payment) -> dict[str, Any]:
+    """The spec's ``GET /payments/{id}/state`` body."""
+    return {
+        "payment_id": payment.payment_id,
+        "current_state": payment.state,
+        "previous_state": payment.previous_state,
+        "updated_at": payment.updated_at,
+        "metadata": payment.metadata,
+        "history": [
+            {"state": entry.state, "timestamp": entry.timestamp}
+            for entry in sorted(payment.history, key=lambda e: e.version)
+        ],
+    }
+
+
+def json_response(view: web.View, body: Any, status: int = 200) -> web.Response:
+    """Exact decimals (fraud scores, amounts) stay JSON numbers."""
+    return view.bytes(codec.dumps(body), content_type=JSON, status=status)
+
+
+def error(view: web.View, status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return json_response(view, {"error": code, "message": message, **extra}, status=status)
 
 
 @app.page("/health")
@@ -21,3 +55,15 @@ async def health(self: web.View, request: web.Request) -> web.Response:
 @app.page("/metrics")
 async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
     return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@app.page("/payments/{payment_id}/state")
+@app.table_route(table=payments, match_info="payment_id")
+async def payment_state(
+    self: web.View, request: web.Request, payment_id: str
+) -> web.Response:
+    payment = payments.get(payment_id)
+    if payment is None:
+        return error(self, 404, "not_found", f"no payment with id {payment_id!r}",
+                     payment_id=payment_id)
+    return json_response(self, state_view(payment))

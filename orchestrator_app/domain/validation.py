@@ -42,6 +42,8 @@ def validate_created(raw: bytes, max_bytes: int = 65536) -> PaymentCreated | Inv
         data = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
+    except RecursionError:
+        return Invalid("malformed_json", "JSON nested too deeply")
     if not isinstance(data, dict):
         return Invalid("not_an_object", f"expected a JSON object, got {_json_type(data)}")
 

@@ -1,0 +1,53 @@
+"""Fraud agent: one NATS ``fraud.check`` request per payment, many in flight at once.
+
+`concurrency` actors share the request stream, so a slow reply holds one actor, not the
+partition; an event is acked only after its outcome is on the commands topic, so a worker
+that dies mid-call re-issues the check after restart (the result's id dedupes it).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator_app import metrics
+from orchestrator_app.app import app, settings
+from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
+from orchestrator_app.domain import codec
+from orchestrator_app.domain.records import Command, FraudCheckRequest
+from orchestrator_app.domain.replies import fraud_result, fraud_unavailable, fraud_wire_body
+from orchestrator_app.domain.saga import format_timestamp
+from orchestrator_app.resources import nats_client
+from orchestrator_app.topics import commands, fraud_requests
+
+__all__ = ["FRAUD_SUBJECT", "check_fraud", "fraud_check"]
+
+FRAUD_SUBJECT = "fraud.check"
+
+
+async def check_fraud(request: FraudCheckRequest) -> Command:
+    body = codec.dumps(fraud_wire_body(request))
+    started = time.perf_counter()
+    try:
+        reply = await nats_client.request(FRAUD_SUBJECT, body, settings.fraud_timeout)
+    except RequestTimeout:
+        metrics.fraud_timeouts.inc()
+        return fraud_unavailable(request.payment_id, "fraud check timed out", _now())
+    except ServiceUnavailable:
+        metrics.fraud_unavailable.inc()
+        return fraud_unavailable(request.payment_id, "fraud service unavailable", _now())
+    finally:
+        metrics.fraud_duration.observe(time.perf_counter() - started)
+    return fraud_result(request.payment_id, reply, _now())
+
+
+def _now() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+@app.agent(fraud_requests, concurrency=settings.fraud_concurrency)
+async def fraud_check(stream: Any) -> None:
+    async for request in stream:
+        command = await check_fraud(request)
+        commands.send_soon(key=command.payment_id, value=command)

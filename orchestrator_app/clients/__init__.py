@@ -1,0 +1,1 @@
+"""External clients, one small module each: NATS, PostgreSQL, Redis."""

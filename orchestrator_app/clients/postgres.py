@@ -1,0 +1,164 @@
+"""PostgreSQL access: the idempotent batch writer of the sink (and, later, the listing).
+
+Postgres is a sink, not the source of truth: a write may be repeated any number of times
+(redelivery, retries after an outage) and must change nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import faust
+
+from orchestrator_app.domain import codec
+
+__all__ = ["CONNECTION_ERRORS", "PaymentStore", "StateRow"]
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "the database is not reachable right now": retry later, lose nothing.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    TimeoutError,
+)
+
+_INSERT_HISTORY = """
+INSERT INTO payment_state_history
+    (payment_id, state, previous_state, version, event_id, metadata, created_at)
+SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::int[], $5::varchar[],
+                     $6::jsonb[], $7::timestamptz[])
+ON CONFLICT (payment_id, version) DO NOTHING
+"""
+
+_UPSERT_STATES = """
+INSERT INTO payment_states
+    (payment_id, current_state, previous_state, amount, currency, customer_id, merchant_id,
+     metadata, version, created_at, updated_at)
+SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::numeric[],
+                     $5::varchar[], $6::varchar[], $7::varchar[], $8::jsonb[], $9::int[],
+                     $10::timestamptz[], $11::timestamptz[])
+ON CONFLICT (payment_id) DO UPDATE SET
+    current_state = EXCLUDED.current_state,
+    previous_state = EXCLUDED.previous_state,
+    metadata = EXCLUDED.metadata,
+    version = EXCLUDED.version,
+    updated_at = EXCLUDED.updated_at
+WHERE payment_states.version < EXCLUDED.version
+"""
+
+
+@dataclass(frozen=True)
+class StateRow:
+    """One ``payment.state.changed`` event, decoded for the database."""
+
+    payment_id: str
+    current_state: str
+    previous_state: str | None
+    amount: Decimal
+    currency: str
+    customer_id: str
+    merchant_id: str
+    metadata: str  # JSON text, exact decimals
+    version: int
+    event_id: str
+    changed_at: datetime
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> StateRow:
+        return cls(
+            payment_id=event["payment_id"],
+            current_state=event["current_state"],
+            previous_state=event.get("previous_state"),
+            amount=Decimal(event["amount"]),
+            currency=event["currency"],
+            customer_id=event["customer_id"],
+            merchant_id=event["merchant_id"],
+            metadata=codec.dumps(event.get("metadata") or {}).decode(),
+            version=int(event["version"]),
+            event_id=event["event_id"],
+            changed_at=datetime.fromisoformat(event["changed_at"]),
+        )
+
+
+class PaymentStore(faust.Service):
+    """A lazily created connection pool: a database that is down at start-up is fine."""
+
+    def __init__(self, url: str, max_size: int = 4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._url = url
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._max_size, timeout=5,
+                command_timeout=30,
+            )
+        return self._pool
+
+    async def on_stop(self) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def reset(self) -> None:
+        """Drop the pool after a connection error; the next call reconnects."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def write_batch(self, rows: Sequence[StateRow]) -> None:
+        """Append history and advance latest states in one transaction. Idempotent."""
+        if not rows:
+            return
+        latest: dict[str, StateRow] = {}
+        first_seen: dict[str, datetime] = {}
+        for row in rows:
+            current = latest.get(row.payment_id)
+            if current is None or row.version > current.version:
+                latest[row.payment_id] = row
+            seen = first_seen.get(row.payment_id)
+            if seen is None or row.changed_at < seen:
+                first_seen[row.payment_id] = row.changed_at
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                _INSERT_HISTORY,
+                [r.payment_id for r in rows],
+                [r.current_state for r in rows],
+                [r.previous_state for r in rows],
+                [r.version for r in rows],
+                [r.event_id for r in rows],
+                [r.metadata for r in rows],
+                [r.changed_at for r in rows],
+            )
+            states = list(latest.values())
+            await conn.execute(
+                _UPSERT_STATES,
+                [r.payment_id for r in states],
+                [r.current_state for r in states],
+                [r.previous_state for r in states],
+                [r.amount for r in states],
+                [r.currency for r in states],
+                [r.customer_id for r in states],
+                [r.merchant_id for r in states],
+                [r.metadata for r in states],
+                [r.version for r in states],
+                [first_seen[r.payment_id] for r in states],
+                [r.changed_at for r in states],
+            )
