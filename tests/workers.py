@@ -7,6 +7,7 @@ consumer group or a topic), and `spawn_worker` starts `payment-orchestrator work
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator_app.devstack import free_port
+from orchestrator_app.schema import migrate
 
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
 
@@ -102,9 +104,16 @@ class WorkerProcess:
         self.stop(signal.SIGKILL)
 
 
+@pytest.fixture(scope="session")
+def migrated_database_url(test_database_url: str) -> str:
+    """This run's database with the schema applied (through the real migration runner)."""
+    asyncio.run(migrate(test_database_url))
+    return test_database_url
+
+
 @pytest.fixture
 def worker_env(
-    database_url: str, redis_url: str, nats_url: str, tmp_path: Path
+    migrated_database_url: str, redis_url: str, nats_url: str, tmp_path: Path
 ) -> Callable[..., dict[str, str]]:
     """Build a worker environment for `brokers`; same test → same app id and topics."""
     run = uuid.uuid4().hex[:8]
@@ -116,7 +125,7 @@ def worker_env(
         }
         env.update(
             KAFKA_BROKERS=brokers,
-            DATABASE_URL=database_url,
+            DATABASE_URL=migrated_database_url,
             REDIS_URL=redis_url,
             NATS_URL=nats_url,
             APP_ID=f"po-test-{run}",
@@ -124,6 +133,7 @@ def worker_env(
             TOPIC_PARTITIONS="4",
             WEB_HOST="127.0.0.1",
             LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
         )
         env.update(overrides)
         return env
@@ -147,3 +157,56 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield spawn
     for worker in started:
         worker.stop()
+
+
+class SimulatorProcess:
+    """`payment-orchestrator simulate` as a child process (real NATS responders)."""
+
+    def __init__(self, nats_url: str, log_path: Path, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+        env["NATS_URL"] = nats_url
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log_path = log_path
+        log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [CLI, "simulate", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"simulator exited: {self.log_path.read_text()}")
+            if "simulator answering" in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        raise AssertionError("simulator not ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def spawn_simulator(
+    nats_url: str, tmp_path: Path
+) -> Iterator[Callable[..., SimulatorProcess]]:
+    """Start simulators (e.g. ``spawn_simulator("--hold-seconds", "3")``); stopped at the end."""
+    started: list[SimulatorProcess] = []
+
+    def spawn(*args: str) -> SimulatorProcess:
+        sim = SimulatorProcess(nats_url, tmp_path / f"simulator-{len(started)}.log", *args)
+        started.append(sim)
+        sim.wait_ready()
+        return sim
+
+    yield spawn
+    for sim in started:
+        sim.stop()
