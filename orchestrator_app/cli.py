@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from orchestrator_app.config import ALL_SERVICES, ConfigError, load_settings
+from orchestrator_app.config import ALL_SERVICES, ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -31,15 +31,31 @@ def _subcommand(argv: Sequence[str]) -> str:
     return ""
 
 
+def _prepare_topics(settings: Settings) -> None:
+    """Every topic must exist before the consumer subscribes (see kafka_admin)."""
+    import asyncio
+
+    from orchestrator_app.kafka_admin import ensure_topics
+
+    try:
+        asyncio.run(ensure_topics(settings))
+    except TimeoutError as exc:
+        print(f"payment-orchestrator: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     command = _subcommand(args)
     required = () if command in _INFORMATIONAL else _REQUIRED.get(command, ALL_SERVICES)
     try:
-        load_settings(required=required)
+        settings = load_settings(required=required)
     except ConfigError as exc:
         print(f"payment-orchestrator: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+    if command == "worker":
+        _prepare_topics(settings)
 
     from orchestrator_app import commands, topology  # noqa: F401 - registers everything
 

@@ -6,9 +6,13 @@ owns is forwarded to that replica, so any replica answers for any payment.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from faust import web
+from faust.exceptions import SameNode
+from faust.web.exceptions import ServiceUnavailable
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app
@@ -16,7 +20,7 @@ from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Payment
 from tables.payments import payments
 
-__all__ = ["health", "payment_state", "prometheus_metrics", "state_view"]
+__all__ = ["health", "payment_state", "prometheus_metrics", "ready", "routed", "state_view"]
 
 SERVICE_NAME = "payment-orchestrator"
 JSON = "application/json"
@@ -52,18 +56,49 @@ async def health(self: web.View, request: web.Request) -> web.Response:
     return self.json({"status": "ok", "service": SERVICE_NAME})
 
 
+@app.page("/ready")
+async def ready(self: web.View, request: web.Request) -> web.Response:
+    """Readiness: partitions assigned and tables recovered (liveness is /health)."""
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return error(self, 503, "not_ready", "worker is recovering or rebalancing")
+    return self.json({"status": "ready", "service": SERVICE_NAME})
+
+
+async def routed(
+    view: web.View, request: web.Request, payment_id: str,
+    local: Callable[[], Awaitable[web.Response]],
+) -> web.Response:
+    """Answer here if this replica owns the payment's partition, else forward the request.
+
+    Like Faust's ``table_route``, but a replica that does not know partition owners yet
+    (starting, rebalancing) or cannot reach the owner answers 503 with a JSON body instead
+    of an HTML 500.
+    """
+    try:
+        return await app.router.route_req(payments.name, payment_id, view.web, request)
+    except SameNode:
+        return await local()
+    except (ServiceUnavailable, KeyError, TypeError, aiohttp.ClientError, OSError):
+        response = error(view, 503, "unavailable",
+                         "the replica owning this payment is not reachable yet; retry")
+        response.headers["Retry-After"] = "1"
+        return response
+
+
 @app.page("/metrics")
 async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
     return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @app.page("/payments/{payment_id}/state")
-@app.table_route(table=payments, match_info="payment_id")
 async def payment_state(
     self: web.View, request: web.Request, payment_id: str
 ) -> web.Response:
-    payment = payments.get(payment_id)
-    if payment is None:
-        return error(self, 404, "not_found", f"no payment with id {payment_id!r}",
-                     payment_id=payment_id)
-    return json_response(self, state_view(payment))
+    async def local() -> web.Response:
+        payment = payments.get(payment_id)
+        if payment is None:
+            return error(self, 404, "not_found", f"no payment with id {payment_id!r}",
+                         payment_id=payment_id)
+        return json_response(self, state_view(payment))
+
+    return await routed(self, request, payment_id, local)

@@ -59,13 +59,13 @@ class WorkerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def wait_healthy(self, timeout: float = 60.0) -> float:
-        """Seconds from start until /health answered 200."""
+    def wait_healthy(self, timeout: float = 60.0, path: str = "/ready") -> float:
+        """Seconds from start until `path` (default /ready: recovered, assigned) gave 200."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                status, _ = self.get("/health", timeout=1.0)
+                status, _ = self.get(path, timeout=1.0)
                 if status == 200:
                     return time.monotonic() - self.started_at
             except OSError:

@@ -18,13 +18,15 @@ print(json.dumps({
     "tables": sorted(app.tables),
     "debug_pages": [app.conf.web_tables_enabled, app.conf.web_stats_enabled,
                     app.conf.web_router_enabled],
+    "routing_key": app.tables["payments"].changelog_topic.prepare_key("p-1", None)[0].decode(),
+    "changelog": app.tables["payments"].changelog_topic.get_topic_name(),
 }))
 """
 
 
 def test_app_has_every_agent_and_table() -> None:
     # A fresh interpreter: the app is built from the environment at import.
-    env = dict(os.environ, KAFKA_BROKERS="127.0.0.1:9", DATABASE_URL="postgresql://h/db",
+    env = dict(os.environ, APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9", DATABASE_URL="postgresql://h/db",
                REDIS_URL="redis://h:1", NATS_URL="nats://h:1")
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout
@@ -32,3 +34,7 @@ def test_app_has_every_agent_and_table() -> None:
     assert set(found["agents"]) == EXPECTED_AGENTS
     assert set(found["tables"]) == EXPECTED_TABLES
     assert found["debug_pages"] == [False, False, False]
+    # Table routing hashes the changelog key: it must be the raw payment id, exactly like
+    # the key of the commands topic, or requests go to a replica that lacks the payment.
+    assert found["routing_key"] == "p-1"
+    assert found["changelog"] == "payment-orchestrator-payments-changelog"

@@ -22,7 +22,7 @@ async def _start_and_consume(
     env = worker_env(brokers)
     prefix = env["TOPIC_PREFIX"]
     worker = spawn_worker(env)
-    healthy_after = worker.wait_healthy()
+    healthy_after = worker.wait_healthy(path="/health")
     status, body = worker.get("/health")
     assert status == 200
     assert json.loads(body) == {"status": "ok", "service": "payment-orchestrator"}

@@ -1,0 +1,586 @@
+"""``make run``: the whole stack on this machine, one worker, and a steady trickle of demo payments.
+
+What it does, in order (``python -m orchestrator_app.localrun --help`` for the options):
+
+1. servers through :class:`orchestrator_app.devstack.Stack`: the broker is ``KAFKA_BROKERS``
+   when set, else a Tansu it starts (``--broker kafka`` starts Apache Kafka instead);
+   PostgreSQL, Redis and NATS come from ``DATABASE_URL`` / ``REDIS_URL`` / ``NATS_URL`` when
+   set, else Redis on 127.0.0.1:6379 and NATS on 127.0.0.1:4222 when they answer a real
+   PING / handshake (a local Postgres is never guessed at: its credentials are unknown),
+   else servers it starts itself (redis-server and nats-server from their PyPI wheels);
+2. ``payment-orchestrator migrate``, then ``simulate`` and ``worker -l info`` as child
+   processes, each in its own process group, logging into the stack's run directory;
+3. demo payments on ``payment.created`` at ``--rate`` per second, cycling through :data:`MIX`
+   so that every path of the simulator (``simulator.py``) shows up: completed, rejected,
+   manual review (after the fraud-check timeout), failed, and slow fraud checks;
+4. a banner with a state URL that answers, the metrics and health URLs and the logs, then a
+   progress line every ~10 s (sent, and the states reached, read from ``/metrics``).
+
+Ctrl-C (SIGINT) or SIGTERM stops the worker and simulator (SIGTERM, then SIGKILL after a
+grace period), then every server the Stack started, and exits 0. Nothing is ever signalled
+by name: only the process groups this module created.
+
+Output lines a script can rely on: ``pids: <pid> …`` (every process group started; each is
+gone when this exits), ``health:  http://127.0.0.1:<port>/health`` and
+``state:   http://127.0.0.1:<port>/payments/<id>/state`` (the first demo payment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from orchestrator_app.devstack import Stack, StackError, free_port, tail
+
+__all__ = ["MIX", "OUTCOME", "demo_payment", "main", "payment_id"]
+
+CLI = str(Path(sys.executable).parent / "payment-orchestrator")
+DEFAULT_PORT = 8082
+CHILD_STOP_GRACE_S = 20.0
+PROGRESS_EVERY_S = 10.0
+HEALTH_TIMEOUT_S = 120.0
+SERVICE_KEYS = ("KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL", "NATS_URL")
+
+#: One cycle of demo payments; payment n (1-based) is of kind MIX[(n - 1) % len(MIX)].
+#: Mostly normal; the others pick a path through the simulator's id-prefix rules.
+MIX: tuple[str, ...] = (
+    "normal", "normal", "fraud", "normal", "slow", "normal", "fail", "normal", "normal",
+    "noreply", "normal", "normal", "fraud", "normal", "slow", "normal", "fail", "normal",
+    "normal", "normal",
+)
+#: Where each kind ends with the default settings (FRAUD_CHECK_TIMEOUT_SECONDS=5).
+OUTCOME: dict[str, str] = {
+    "normal": "COMPLETED",        # approved, processed
+    "slow": "COMPLETED",          # fraud reply held 3 s (under the 5 s timeout), then approved
+    "fraud": "REJECTED",          # customer "fraud-…"
+    "noreply": "MANUAL_REVIEW",   # customer "noreply-…": no fraud reply, timeout after 5 s
+    "fail": "FAILED",             # merchant "fail-…": card declined, not retryable
+}
+_CURRENCIES = ("USD", "EUR", "GBP")
+#: States a demo payment stays in (FAILED: the demo's failures are not retryable).
+SETTLED = ("COMPLETED", "REJECTED", "MANUAL_REVIEW", "FAILED", "COMPENSATED", "REFUNDED")
+#: At most this many state lookups per progress line (they are cheap, but not free).
+LOOKUPS_PER_PROGRESS = 250
+_TRANSITION_LINE = re.compile(
+    r"^payment_state_transitions_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$", re.M)
+_TO_STATE = re.compile(r'to_state="([^"]*)"')
+
+
+def masked(url: str) -> str:
+    """The URL without its password (it is printed)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+# --- demo payments ---------------------------------------------------------------------------
+
+
+def payment_id(tag: str, n: int) -> str:
+    return f"demo-{tag}-{n:06d}"
+
+
+def demo_payment(tag: str, n: int, rng: random.Random) -> dict[str, Any]:
+    """The n-th demo ``payment.created`` event (1-based); its kind is ``MIX[(n-1) % len]``.
+
+    Amounts are exact ``Decimal`` cents below the simulator's 10,000 auto-reject limit; encode
+    the event with ``orchestrator_app.domain.codec.dumps`` so they stay exact JSON numbers.
+    """
+    kind = MIX[(n - 1) % len(MIX)]
+    customer = f"cust-{rng.randint(1, 500):03d}"
+    merchant = f"merchant-{rng.randint(1, 40):02d}"
+    if kind in ("fraud", "noreply", "slow"):
+        customer = f"{kind}-{customer}"
+    elif kind == "fail":
+        merchant = f"fail-{merchant}"
+    return {
+        "payment_id": payment_id(tag, n),
+        "amount": Decimal(rng.randint(100, 250_000)).scaleb(-2),  # 1.00 … 2500.00, exact
+        "currency": rng.choice(_CURRENCIES),
+        "customer_id": customer,
+        "merchant_id": merchant,
+        "status": "NEW",
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+# --- local servers on their default ports ---------------------------------------------------
+
+
+def redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    """A Redis we can use without credentials: PING answers +PONG (not -NOAUTH)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.settimeout(1.0)
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def nats_answers(host: str = "127.0.0.1", port: int = 4222) -> bool:
+    """A NATS we can use without credentials: INFO, then CONNECT + PING answers PONG."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.settimeout(1.0)
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                buf += chunk
+            if not buf.startswith(b"INFO "):
+                return False
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.startswith(b"PONG")
+    except OSError:
+        return False
+
+
+def port_free(port: int, host: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started: float
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], run_dir: Path) -> Child:
+    log_path = run_dir / f"{name}.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([CLI, *args], env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return Child(name, proc, log_path, time.monotonic())
+
+
+def stop_children(children: list[Child], grace: float = CHILD_STOP_GRACE_S) -> None:
+    """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds."""
+    for child in children:
+        if child.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            say(f"run: {child.name} did not stop in {grace:.0f}s; killing it")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)  # anything left in its group
+        child.proc.wait()
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived: stop everything, exit 0."""
+
+
+class Failed(Exception):
+    """Something we started did not come up or died; the message says where to look."""
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+class LocalRun:
+    def __init__(self, args: argparse.Namespace, stopping: threading.Event) -> None:
+        self.args = args
+        self.stopping = stopping
+        self.stack: Stack | None = None
+        self.children: list[Child] = []
+        self.data_dir: Path | None = None
+        self.port = DEFAULT_PORT
+        self.tag = uuid.uuid4().hex[:6]
+        self.sent = 0
+        self.delivered = 0
+        self.send_errors = 0
+        self.outcomes: Counter[str] = Counter()
+        self.unsettled: deque[int] = deque()  # demo payment numbers not seen settled yet
+        self._unsettled_upto = 0
+        self._sent_at_last_progress = 0
+
+    # -- helpers --------------------------------------------------------------------------
+    def check(self) -> None:
+        if self.stopping.is_set():
+            raise Interrupted
+        for child in self.children:
+            if not child.alive():
+                raise Failed(f"{child.name} exited with {child.proc.returncode}; "
+                             f"log {child.log_path}:\n{tail(child.log_path)}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    # -- start ----------------------------------------------------------------------------
+    def start(self) -> dict[str, str]:
+        """Servers, migrations, simulator, worker; returns the worker's environment."""
+        stack = self.stack = Stack(log=lambda msg: say(f"run: {msg}"))
+        say(f"run: logs go to {stack.run_dir}")
+        given = {k for k in SERVICE_KEYS if os.environ.get(k)}
+        reused: set[str] = set()
+        if "REDIS_URL" not in given and redis_answers():
+            os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+            reused.add("REDIS_URL")
+        if "NATS_URL" not in given and nats_answers():
+            os.environ["NATS_URL"] = "nats://127.0.0.1:4222"
+            reused.add("NATS_URL")
+        steps = [lambda: stack.broker(self.args.broker), stack.postgres, stack.redis,
+                 stack.nats]
+        for step in steps:
+            self.check()
+            step()
+        for key, value in stack.env().items():
+            source = ("already running on its default port" if key in reused
+                      else "from the environment" if key in given else "started here")
+            say(f"run: {key}={masked(value)} ({source})")
+        self.check()
+
+        env = {k: v for k, v in os.environ.items() if k not in ("PORT", "DATA_DIR")}
+        env.update(stack.env())
+        wanted = int(os.environ.get("PORT") or DEFAULT_PORT)
+        bind = os.environ.get("WEB_BIND") or "127.0.0.1"
+        self.port = wanted if port_free(wanted, bind) else free_port()
+        if self.port != wanted:
+            say(f"run: port {wanted} is busy; the worker listens on {self.port} instead")
+        self.data_dir = stack.run_dir / "worker-data"
+        env.update(PORT=str(self.port), DATA_DIR=str(self.data_dir), WEB_HOST="127.0.0.1",
+                   WEB_BIND=bind, PYTHONUNBUFFERED="1")
+
+        say("run: payment-orchestrator migrate")
+        with open(stack.run_dir / "migrate.log", "ab") as out:
+            migrate = subprocess.run([CLI, "migrate"], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=subprocess.STDOUT)
+        if migrate.returncode != 0:
+            raise Failed(f"migrate exited with {migrate.returncode}; log "
+                         f"{stack.run_dir / 'migrate.log'}:\n{tail(stack.run_dir / 'migrate.log')}")
+        self.check()
+
+        simulator = spawn("simulator", ["simulate"], env, stack.run_dir)
+        self.children.append(simulator)
+        worker = spawn("worker", ["worker", "-l", "info"], env, stack.run_dir)
+        self.children.insert(0, worker)  # stopped first
+        pids = [c.proc.pid for c in stack._children] + [c.proc.pid for c in self.children]
+        say("pids: " + " ".join(str(p) for p in pids))
+
+        deadline = time.monotonic() + 30
+        while "simulator answering" not in simulator.log_path.read_text(errors="replace"):
+            self.check()
+            if time.monotonic() > deadline:
+                raise Failed(f"simulator not ready after 30s; log {simulator.log_path}")
+            self.stopping.wait(0.1)
+        say(f"run: simulator ready (pid {simulator.proc.pid})")
+
+        t0 = worker.started
+        while True:
+            self.check()
+            with contextlib.suppress(OSError):
+                if http_get(self.url("/health"), timeout=1.0)[0] == 200:
+                    break
+            if time.monotonic() - t0 > HEALTH_TIMEOUT_S:
+                raise Failed(f"worker not healthy after {HEALTH_TIMEOUT_S:.0f}s; log "
+                             f"{worker.log_path}:\n{tail(worker.log_path)}")
+            self.stopping.wait(0.2)
+        say(f"run: worker healthy in {time.monotonic() - t0:.1f}s (pid {worker.proc.pid}, "
+            f"port {self.port})")
+        return env
+
+    # -- demo -----------------------------------------------------------------------------
+    async def demo(self, env: dict[str, str]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        from orchestrator_app.config import load_settings
+        from orchestrator_app.domain import codec
+
+        settings = load_settings(environ=env)
+        topic = settings.topics.payment_created
+        producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.kafka_brokers),
+                                    linger_ms=5, acks="all")
+        await producer.start()
+        try:
+            # The worker creates its topics (with the partition count co-partitioning needs);
+            # sending earlier could auto-create payment.created with the broker's default.
+            t0 = time.monotonic()
+            while not (await producer.client.fetch_all_metadata()).partitions_for_topic(topic):
+                self.check()
+                if time.monotonic() - t0 > 60:
+                    raise Failed(f"the worker did not create {topic} within 60s")
+                await asyncio.sleep(0.2)
+            limit = self.args.payments
+            say(f"run: sending demo payments to {topic} at {self.args.rate:g}/s"
+                + (f", {limit} in all" if limit else "") + f" (ids {payment_id(self.tag, 1)}, "
+                "…): mostly normal → COMPLETED, customers fraud-… → REJECTED, noreply-… → "
+                "MANUAL_REVIEW (after the 5 s fraud timeout), slow-… (3 s hold) → COMPLETED, "
+                "merchants fail-… → FAILED")
+            # Banner and progress run beside the sender, so their HTTP calls never delay it.
+            helpers = [asyncio.ensure_future(self._banner()),
+                       asyncio.ensure_future(self._progress_loop())]
+            try:
+                await self._send_loop(producer, topic, codec.dumps)
+            finally:
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+
+    async def _send_loop(self, producer: Any, topic: str, dumps: Any) -> None:
+        rng = random.Random()
+        rate = self.args.rate
+        limit = self.args.payments
+        started = time.monotonic()
+        end = started + self.args.duration if self.args.duration else None
+        finished_sending = False
+
+        def on_delivery(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                self.send_errors += 1
+                if self.send_errors <= 3:
+                    say(f"run: a demo payment was not delivered: {fut.exception()!r}")
+            else:
+                self.delivered += 1
+
+        while True:
+            self.check()
+            now = time.monotonic()
+            if end is not None and now >= end:
+                say(f"run: --duration {self.args.duration:g}s reached")
+                return
+            due = int((now - started) * rate) + 1 - self.sent
+            if limit:
+                due = min(due, limit - self.sent)
+            for _ in range(max(0, due)):
+                event = demo_payment(self.tag, self.sent + 1, rng)
+                fut = await producer.send(topic, dumps(event),
+                                          key=event["payment_id"].encode())
+                fut.add_done_callback(on_delivery)
+                self.sent += 1
+            if limit and self.sent >= limit and not finished_sending:
+                finished_sending = True
+                say(f"run: sent all {limit} demo payments; the stack keeps running "
+                    "(Ctrl-C stops it)")
+            await asyncio.sleep(min(0.2, 1.0 / rate))
+
+    async def _progress_loop(self) -> None:
+        started = time.monotonic()
+        ticks = 0
+        while True:
+            ticks += 1
+            await asyncio.sleep(max(0.0, started + ticks * PROGRESS_EVERY_S - time.monotonic()))
+            await self._progress(time.monotonic() - started, PROGRESS_EVERY_S)
+
+    async def _progress(self, elapsed: float, interval: float) -> None:
+        """One line: sent, rate over the last interval, and where the payments settled.
+
+        The counts come from the worker's /metrics (exact, one request); when that does not
+        answer, from the state API of the payments not yet seen settled (a bounded number of
+        requests per line, so at high rates the counts can lag: the line then says so).
+        """
+        errors = f", {self.send_errors} send errors" if self.send_errors else ""
+        rate = (self.sent - self._sent_at_last_progress) / interval
+        self._sent_at_last_progress = self.sent
+        counts = await asyncio.to_thread(self._metrics_counts)
+        lag = ""
+        if counts is None:
+            unchecked = await asyncio.to_thread(self._settle)
+            counts = self.outcomes
+            if unchecked:
+                lag = f" ({unchecked} not checked yet: the state checks lag at this rate)"
+        settled = sum(counts[s] for s in SETTLED)
+        states = ", ".join(f"{s} {counts[s]}" for s in SETTLED if counts[s])
+        say(f"run: [{elapsed:5.0f}s] sent {self.sent} ({rate:.1f}/s{errors}) · settled "
+            f"{settled}: {states or '-'} · in flight {max(0, self.sent - settled)}{lag}")
+
+    def _metrics_counts(self) -> Counter[str] | None:
+        """Transitions into each state from /metrics, or None if it does not answer."""
+        try:
+            status, body = http_get(self.url("/metrics"), timeout=2.0)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        counts: Counter[str] = Counter()
+        for m in _TRANSITION_LINE.finditer(body.decode(errors="replace")):
+            if to := _TO_STATE.search(m.group("labels")):
+                counts[to.group(1)] += int(float(m.group("value")))
+        return counts
+
+    def _settle(self) -> int:
+        """Ask the state API about the oldest unsettled payments; count the settled ones.
+
+        Returns how many unsettled payments were not checked this time.
+        """
+        while self._unsettled_upto < self.sent:
+            self._unsettled_upto += 1
+            self.unsettled.append(self._unsettled_upto)
+        still: deque[int] = deque()
+        budget_ends = time.monotonic() + 3.0  # never hold up the exit (asyncio joins threads)
+        for _ in range(min(LOOKUPS_PER_PROGRESS, len(self.unsettled))):
+            if self.stopping.is_set() or time.monotonic() > budget_ends:
+                break
+            n = self.unsettled.popleft()
+            state = None
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                status, body = http_get(self.url(f"/payments/{payment_id(self.tag, n)}/state"),
+                                        timeout=1.0)
+                if status == 200:
+                    state = json.loads(body)["current_state"]
+            if state in SETTLED:
+                self.outcomes[state] += 1
+            else:
+                still.append(n)
+        self.unsettled.extendleft(reversed(still))
+        return len(self.unsettled) - len(still)
+
+    async def _banner(self) -> None:
+        """Print where to look once the first demo payment's state URL answers 200."""
+        assert self.stack is not None
+        state_url = self.url(f"/payments/{payment_id(self.tag, 1)}/state")
+        t0 = time.monotonic()
+        warned = False
+        while True:
+            with contextlib.suppress(OSError):
+                status, _ = await asyncio.to_thread(http_get, state_url)
+                if status == 200:
+                    break
+            if not warned and time.monotonic() - t0 > 60:
+                warned = True
+                say(f"run: {state_url} does not answer 200 after 60s; see "
+                    f"{self.stack.run_dir / 'worker.log'}")
+            await asyncio.sleep(0.25)
+        logs = ", ".join(sorted(p.name for p in self.stack.run_dir.glob("*.log")))
+        say()
+        say("=" * 78)
+        say("payment-orchestrator is running locally with demo payments")
+        say(f"  state:   {state_url}")
+        say(f"  metrics: {self.url('/metrics')}")
+        say(f"  health:  {self.url('/health')}")
+        say(f"  logs:    {self.stack.run_dir}/  ({logs})")
+        say("Ctrl-C stops everything started here.")
+        say("=" * 78)
+        say()
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self.children:
+            say("run: stopping worker and simulator ...")
+            stop_children(self.children)
+            self.children = []
+        if self.stack is not None:
+            say("run: stopping the servers started here ...")
+            self.stack.stop()
+            if self.data_dir is not None:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            say(f"run: stopped; logs kept in {self.stack.run_dir}")
+            self.stack = None
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator_app.localrun",
+        description="The whole stack locally with a worker and a trickle of demo payments "
+                    "(what `make run` runs). Ctrl-C stops everything it started.")
+    parser.add_argument("--payments", type=int, default=0, metavar="N",
+                        help="stop sending after N payments (default: no limit)")
+    parser.add_argument("--rate", type=float, default=5.0, metavar="R",
+                        help="demo payments per second (default: 5)")
+    parser.add_argument("--duration", type=float, default=0.0, metavar="S",
+                        help="stop everything S seconds after the demo starts and exit 0")
+    parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
+                        help="broker to start when KAFKA_BROKERS is unset (default: tansu)")
+    args = parser.parse_args(argv)
+    if args.rate <= 0:
+        parser.error("--rate must be > 0")
+    if args.payments < 0 or args.duration < 0:
+        parser.error("--payments and --duration must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            say(f"\nrun: {signal.Signals(signum).name} received; stopping everything ...")
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    run = LocalRun(args, stopping)
+    code = 0
+    try:
+        env = run.start()
+        asyncio.run(run.demo(env))
+    except Interrupted:
+        pass
+    except Exception as exc:
+        # A Ctrl-C in a terminal also reaches the short-lived helpers in our process group
+        # (migrate, initdb, apt-get): their failure then is part of stopping, not an error.
+        if not stopping.is_set():
+            known = isinstance(exc, (Failed, StackError))
+            say(f"run: {exc}" if known else f"run: unexpected error: {exc!r}")
+            code = 1
+    finally:
+        run.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
