@@ -2,7 +2,9 @@
 
 `concurrency` actors share the request stream, so a slow reply holds one actor, not the
 partition; an event is acked only after its outcome is on the commands topic, so a worker
-that dies mid-call re-issues the check after restart (the result's id dedupes it).
+that dies mid-call re-issues the check after restart (the result's id dedupes it). While
+the fraud breaker is open, payments go to MANUAL_REVIEW at once instead of waiting for
+timeouts.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app, settings
+from orchestrator_app.breakers import fraud_breaker
 from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
 from orchestrator_app.domain import codec
-from orchestrator_app.domain.records import Command, FraudCheckRequest
+from orchestrator_app.domain.records import Command, CommandKind, FraudCheckRequest
 from orchestrator_app.domain.replies import fraud_result, fraud_unavailable, fraud_wire_body
 from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.resources import nats_client
@@ -27,19 +30,30 @@ FRAUD_SUBJECT = "fraud.check"
 
 
 async def check_fraud(request: FraudCheckRequest) -> Command:
+    if not fraud_breaker.allow():
+        metrics.fraud_unavailable.inc()
+        return fraud_unavailable(
+            request.payment_id, "fraud service unavailable (circuit breaker open)", _now())
     body = codec.dumps(fraud_wire_body(request))
     started = time.perf_counter()
     try:
         reply = await nats_client.request(FRAUD_SUBJECT, body, settings.fraud_timeout)
     except RequestTimeout:
+        fraud_breaker.failure()
         metrics.fraud_timeouts.inc()
         return fraud_unavailable(request.payment_id, "fraud check timed out", _now())
     except ServiceUnavailable:
+        fraud_breaker.failure()
         metrics.fraud_unavailable.inc()
         return fraud_unavailable(request.payment_id, "fraud service unavailable", _now())
     finally:
         metrics.fraud_duration.observe(time.perf_counter() - started)
-    return fraud_result(request.payment_id, reply, _now())
+    command = fraud_result(request.payment_id, reply, _now())
+    if command.kind == CommandKind.FRAUD_RESULT:
+        fraud_breaker.success()
+    else:  # an unreadable reply: the service is not working properly
+        fraud_breaker.failure()
+    return command
 
 
 def _now() -> str:

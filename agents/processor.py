@@ -1,7 +1,10 @@
-"""Processor agent: NATS ``payment.process`` per processing attempt, many in flight.
+"""Processor agent: NATS ``payment.process`` per processing attempt (and ``payment.refund``
+per refund attempt), many in flight.
 
-The request carries ``attempt``: together with ``payment_id`` it is the idempotency key a
-processor should use, since a redelivered request is sent again.
+The request carries ``attempt``; ``payment_id`` is the idempotency key a processor must use,
+since a redelivered request is sent again. While the processor breaker is open, nothing is
+sent: the payment fails retryably with ``retry_after`` and the saga waits that long,
+without spending its retry budget.
 """
 
 from __future__ import annotations
@@ -12,32 +15,49 @@ from typing import Any
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app, settings
+from orchestrator_app.breakers import processor_breaker
 from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
 from orchestrator_app.domain import codec
-from orchestrator_app.domain.records import Command, ProcessRequest
+from orchestrator_app.domain.records import Command, Operation, ProcessRequest
 from orchestrator_app.domain.replies import process_failure, process_result, process_wire_body
 from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.resources import nats_client
 from orchestrator_app.topics import commands, processor_requests
 
-__all__ = ["PROCESS_SUBJECT", "process_payment", "processor"]
+__all__ = ["PROCESS_SUBJECT", "REFUND_SUBJECT", "process_payment", "processor"]
 
 PROCESS_SUBJECT = "payment.process"
+REFUND_SUBJECT = "payment.refund"
 
 
 async def process_payment(request: ProcessRequest) -> Command:
+    refund = request.operation == Operation.REFUND
+    subject, timeout = (
+        (REFUND_SUBJECT, settings.refund_timeout) if refund
+        else (PROCESS_SUBJECT, settings.processor_timeout)
+    )
+    if not processor_breaker.allow():
+        return process_failure(request, "circuit_open", "processor circuit breaker is open",
+                               True, _now(), retry_after=processor_breaker.retry_after())
     body = codec.dumps(process_wire_body(request))
     started = time.perf_counter()
     try:
-        reply = await nats_client.request(PROCESS_SUBJECT, body, settings.processor_timeout)
+        reply = await nats_client.request(subject, body, timeout)
     except RequestTimeout:
+        processor_breaker.failure()
         return process_failure(request, "timeout", "processor did not answer in time", True,
                                _now())
     except ServiceUnavailable as exc:
+        processor_breaker.failure()
         return process_failure(request, "connection_error", str(exc), True, _now())
     finally:
         metrics.processor_duration.observe(time.perf_counter() - started)
-    return process_result(request, reply, _now())
+    command = process_result(request, reply, _now())
+    if command.error_code == "invalid_reply":
+        processor_breaker.failure()
+    else:  # an answer, even a decline, means the processor works
+        processor_breaker.success()
+    return command
 
 
 def _now() -> str:

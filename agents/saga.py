@@ -1,8 +1,8 @@
-"""Saga agent: the only writer of the ``payments`` table.
+"""Saga agent: the only writer of the ``payments`` and ``timers`` tables.
 
-For each command it calls the pure `domain.saga.apply`, stores the new state and sends the
-effects — state-change events and fraud / processor requests — without awaiting anything
-slow: NATS calls happen in the fraud and processor agents (DESIGN §1).
+For each command it calls the pure `domain.saga.apply`, stores the new state and timer, and
+sends the effects — state-change events, fraud / processor requests, notifications —
+without awaiting anything slow: NATS calls happen in the fraud and processor agents.
 """
 
 from __future__ import annotations
@@ -14,23 +14,44 @@ from typing import Any
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app, settings
+from orchestrator_app.config import Settings
 from orchestrator_app.deadletter import dead_letter
+from orchestrator_app.domain.policies import RetryPolicy
 from orchestrator_app.domain.records import Command
 from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, format_timestamp
 from orchestrator_app.topics import (
     commands,
     fraud_requests,
+    notifications,
     payment_created_dlq,
     processor_requests,
     state_changed,
 )
 from tables.payments import payments
+from tables.timers import timers
 
-__all__ = ["handle_command", "saga"]
+__all__ = ["POLICY", "handle_command", "saga", "saga_policy"]
 
 log = logging.getLogger(__name__)
 
-POLICY = SagaPolicy(auto_process=settings.auto_process)
+
+def saga_policy(s: Settings) -> SagaPolicy:
+    """Deadlines sit well above the NATS timeouts: they only catch lost requests."""
+    return SagaPolicy(
+        auto_process=s.auto_process,
+        retry=RetryPolicy(
+            max_retries=s.retry_max_attempts,
+            initial_delay=s.retry_initial_delay,
+            max_delay=s.retry_max_delay,
+            factor=s.retry_backoff_factor,
+        ),
+        fraud_deadline=3 * s.fraud_timeout + 10,
+        processing_deadline=3 * s.processor_timeout + 10,
+        refund_deadline=3 * s.refund_timeout + 10,
+    )
+
+
+POLICY = saga_policy(settings)
 
 
 def handle_command(command: Command) -> Outcome:
@@ -46,6 +67,8 @@ def handle_command(command: Command) -> Outcome:
             metrics.transitions.labels(
                 from_state=event.previous_state or "", to_state=event.current_state
             ).inc()
+            if event.current_state == "RETRY":
+                metrics.retries.labels(state="FAILED").inc()
     elif outcome.status is Status.DUPLICATE:
         metrics.duplicates_ignored.inc()
     elif outcome.status is Status.CONFLICT:
@@ -65,18 +88,35 @@ def handle_command(command: Command) -> Outcome:
         ).inc()
         log.info("command %s refused: %s", command.kind, outcome.reason)
 
-    # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by event_id.
+    if outcome.status in (Status.APPLIED, Status.DUPLICATE) and outcome.payment is not None:
+        _store_timer(outcome)
+    # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     for event in outcome.events:
         state_changed.send_soon(key=event.payment_id, value=event.dumps())
     for request in outcome.fraud_requests:
         fraud_requests.send_soon(key=request.payment_id, value=request)
     for process in outcome.process_requests:
         processor_requests.send_soon(key=process.payment_id, value=process)
+    for note in outcome.notifications:
+        notifications.send_soon(key=note.payment_id, value=note.dumps())
+        metrics.notifications_sent.labels(audience=note.audience, event=note.event).inc()
 
     metrics.command_latency.labels(
         state=outcome.payment.state if outcome.payment else "NONE"
     ).observe(time.perf_counter() - started)
     return outcome
+
+
+def _store_timer(outcome: Outcome) -> None:
+    assert outcome.payment is not None
+    payment_id = outcome.payment.payment_id
+    timer = outcome.timer
+    current = timers.get(payment_id)
+    if timer is None:
+        if current is not None:
+            del timers[payment_id]
+    elif current is None or current.seq != timer.seq:
+        timers[payment_id] = timer
 
 
 @app.agent(commands)

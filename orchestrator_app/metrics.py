@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
     "REGISTRY",
+    "breaker_state",
     "command_latency",
     "dead_letters",
     "duplicates_ignored",
@@ -13,11 +14,14 @@ __all__ = [
     "fraud_timeouts",
     "fraud_unavailable",
     "messages_processed",
+    "notifications_sent",
     "processor_duration",
     "render",
+    "retries",
     "sink_retries",
     "sink_rows",
     "sink_skipped",
+    "timers_fired",
     "transition_errors",
     "transitions",
 ]
@@ -94,6 +98,33 @@ sink_retries = Counter(
 sink_skipped = Counter(
     "payment_sink_skipped",
     "Undecodable state changes the sink skipped (a bug if ever non-zero).",
+    registry=REGISTRY,
+)
+
+
+retries = Counter(
+    "payment_retries",
+    "Retries started (state: the state retried from; FAILED for processing, REFUND for "
+    "refunds).",
+    ["state"],
+    registry=REGISTRY,
+)
+breaker_state = Gauge(
+    "payment_circuit_breaker_state",
+    "Circuit breaker per downstream: 0 closed, 1 open, 2 half-open.",
+    ["service"],
+    registry=REGISTRY,
+)
+notifications_sent = Counter(
+    "payment_notifications",
+    "Notifications published on payment.notifications.",
+    ["audience", "event"],
+    registry=REGISTRY,
+)
+timers_fired = Counter(
+    "payment_timers_fired",
+    "Due timers turned into TIMER commands (retry backoffs, deadlines).",
+    ["kind"],
     registry=REGISTRY,
 )
 

@@ -6,9 +6,11 @@ import is only logged and its agent silently vanishes; here it fails loudly.
 
 from __future__ import annotations
 
+import importlib
+
 import faust
 
-__all__ = ["EXPECTED_AGENTS", "EXPECTED_TABLES", "load"]
+__all__ = ["EXPECTED_AGENTS", "EXPECTED_TABLES", "MODULES", "load"]
 
 #: What a complete worker has (a test checks it).
 EXPECTED_AGENTS = frozenset({
@@ -18,18 +20,29 @@ EXPECTED_AGENTS = frozenset({
     "agents.processor.processor",
     "agents.postgres_sink.postgres_sink",
 })
-EXPECTED_TABLES = frozenset({"payments"})
+EXPECTED_TABLES = frozenset({"payments", "timers"})
+
+
+#: Every module that registers something with the app, in dependency order.
+MODULES = (
+    "orchestrator_app.topics",
+    "orchestrator_app.resources",
+    "tables.payments",
+    "tables.timers",
+    "agents.ingest",
+    "agents.saga",
+    "agents.fraud",
+    "agents.processor",
+    "agents.timers",
+    "agents.postgres_sink",
+    "orchestrator_app.web",
+)
 
 
 def load() -> faust.App:
     """Import every part of the topology and return the app."""
-    import agents.fraud
-    import agents.ingest
-    import agents.postgres_sink
-    import agents.processor
-    import agents.saga  # noqa: F401
-    import tables.payments  # noqa: F401
-    from orchestrator_app import resources, topics, web  # noqa: F401
+    for module in MODULES:
+        importlib.import_module(module)
     from orchestrator_app.app import app
 
     return app

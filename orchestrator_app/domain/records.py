@@ -21,11 +21,14 @@ __all__ = [
     "FraudCheckReply",
     "FraudCheckRequest",
     "HistoryEntry",
+    "Notification",
+    "Operation",
     "Payment",
     "PaymentCreated",
     "PaymentStateChanged",
     "ProcessRequest",
     "SourceRef",
+    "Timer",
 ]
 
 
@@ -107,6 +110,17 @@ class CommandKind(StrEnum):
     START_PROCESSING = "start_processing"
     PROCESS_RESULT = "process_result"
     RETRY = "retry"
+    REFUND = "refund"
+    REFUND_RESULT = "refund_result"
+    #: A payment's timer fired (retry backoff over, or a waiting state's deadline passed).
+    TIMER = "timer"
+
+
+class Operation(StrEnum):
+    """What a processor request asks for."""
+
+    PAYMENT = "payment"
+    REFUND = "refund"
 
 
 class SourceRef(_Record):
@@ -140,17 +154,26 @@ class Command(_Record):
     reason: str | None = None
     #: REVIEW: ``approve`` or ``reject``.
     decision: str | None = None
-    #: PROCESS_RESULT: which processing attempt this answers.
+    #: PROCESS_RESULT / REFUND_RESULT: which attempt this answers. TIMER: the timer's seq.
     attempt: int = 0
     success: bool | None = None
     confirmation_id: str | None = None
     error_code: str | None = None
     error_message: str | None = None
     retryable: bool | None = None
+    #: PROCESS_RESULT / REFUND_RESULT: seconds to wait before trying again (breaker open).
+    retry_after: float | None = None
+    #: REFUND_RESULT.
+    refund_id: str | None = None
+    #: API commands: the version the API checked; applied only if it is still current, so
+    #: a command that was refused once is refused again when redelivered.
+    expected_version: int = 0
+    #: API commands: who asked (the client's id, never the token).
+    requested_by: str | None = None
 
 
 class ProcessRequest(_Record):
-    """NATS ``payment.process`` request (our addition, DESIGN §4)."""
+    """Work for the processor agent: NATS ``payment.process`` or ``payment.refund``."""
 
     payment_id: str
     amount: Decimal
@@ -158,6 +181,44 @@ class ProcessRequest(_Record):
     customer_id: str
     merchant_id: str
     attempt: int
+    #: ``payment`` or ``refund`` (`Operation`).
+    operation: str = "payment"
+    #: Refunds: the processor's confirmation id of the payment being refunded.
+    confirmation_id: str | None = None
+
+
+class Notification(_Record):
+    """A customer notification or an operations alert on ``payment.notifications``."""
+
+    #: ``<payment_id>:<version>:<audience>``: consumers dedupe on it.
+    notification_id: str
+    #: ``customer`` or ``operations``.
+    audience: str
+    #: e.g. ``PAYMENT_FAILED``, ``PAYMENT_COMPENSATED``, ``REFUND_FAILED``.
+    event: str
+    #: ``info``, ``warning`` or ``critical`` (operations alerts).
+    severity: str
+    payment_id: str
+    customer_id: str
+    merchant_id: str
+    amount: Decimal
+    currency: str
+    state: str
+    reason: str
+    error_code: str | None
+    created_at: str
+
+
+class Timer(_Record):
+    """A payment's one pending timer (the ``timers`` table, key payment_id)."""
+
+    payment_id: str
+    #: ``retry`` (backoff over), ``deadline`` (waiting too long), ``refund_retry``.
+    kind: str
+    #: When it fires (Unix seconds).
+    due: float
+    #: Matches `Payment.timer_seq`; a stale timer is ignored by the saga.
+    seq: int
 
 
 class HistoryEntry(_Record):
@@ -191,5 +252,13 @@ class Payment(_Record):
     applied: dict[str, list[int]]
     #: Processing attempts started so far (the first is 1).
     attempt: int = 0
-    #: Failed attempts so far.
+    #: Automatic or requested retries so far (breaker-open waits do not count).
     retry_count: int = 0
+    #: The pending timer: its kind, when it fires (Unix seconds), and its sequence number.
+    timer_kind: str | None = None
+    timer_due: float | None = None
+    timer_seq: int = 0
+    #: Refunds: requested and not yet confirmed, and the attempts made.
+    refund_pending: bool = False
+    refund_attempt: int = 0
+    refund_retries: int = 0

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from .codec import loads
-from .records import Command, CommandKind, FraudCheckRequest, ProcessRequest
+from .records import Command, CommandKind, FraudCheckRequest, Operation, ProcessRequest
 
 __all__ = [
     "fraud_command_id",
@@ -22,6 +22,7 @@ __all__ = [
     "process_failure",
     "process_result",
     "process_wire_body",
+    "result_command_id",
 ]
 
 
@@ -46,7 +47,8 @@ def fraud_wire_body(request: FraudCheckRequest) -> dict[str, Any]:
 
 
 def process_wire_body(request: ProcessRequest) -> dict[str, Any]:
-    return {
+    """``payment.process`` (and ``payment.refund``, which adds the confirmation id)."""
+    body: dict[str, Any] = {
         "payment_id": request.payment_id,
         "amount": request.amount,
         "currency": request.currency,
@@ -54,6 +56,21 @@ def process_wire_body(request: ProcessRequest) -> dict[str, Any]:
         "merchant_id": request.merchant_id,
         "attempt": request.attempt,
     }
+    if request.operation == Operation.REFUND:
+        body["confirmation_id"] = request.confirmation_id
+    return body
+
+
+def _result_kind(request: ProcessRequest) -> CommandKind:
+    if request.operation == Operation.REFUND:
+        return CommandKind.REFUND_RESULT
+    return CommandKind.PROCESS_RESULT
+
+
+def result_command_id(request: ProcessRequest) -> str:
+    if request.operation == Operation.REFUND:
+        return f"{request.payment_id}:refund:{request.attempt}"
+    return process_command_id(request.payment_id, request.attempt)
 
 
 def fraud_unavailable(payment_id: str, reason: str, now: str) -> Command:
@@ -96,18 +113,20 @@ def fraud_result(payment_id: str, reply: bytes, now: str) -> Command:
 
 
 def process_failure(
-    request: ProcessRequest, code: str, message: str, retryable: bool, now: str
+    request: ProcessRequest, code: str, message: str, retryable: bool, now: str,
+    retry_after: float | None = None,
 ) -> Command:
     return Command(
-        kind=CommandKind.PROCESS_RESULT.value,
+        kind=_result_kind(request).value,
         payment_id=request.payment_id,
-        command_id=process_command_id(request.payment_id, request.attempt),
+        command_id=result_command_id(request),
         issued_at=now,
         attempt=request.attempt,
         success=False,
         error_code=code,
         error_message=message,
         retryable=retryable,
+        retry_after=retry_after,
     )
 
 
@@ -127,13 +146,14 @@ def process_result(request: ProcessRequest, reply: bytes, now: str) -> Command:
         )
     if success:
         return Command(
-            kind=CommandKind.PROCESS_RESULT.value,
+            kind=_result_kind(request).value,
             payment_id=request.payment_id,
-            command_id=process_command_id(request.payment_id, request.attempt),
+            command_id=result_command_id(request),
             issued_at=now,
             attempt=request.attempt,
             success=True,
             confirmation_id=str(data.get("confirmation_id") or "")[:255],
+            refund_id=str(data.get("refund_id") or "")[:255] or None,
         )
     return process_failure(
         request,

@@ -1,26 +1,35 @@
 """The saga step: apply one command to one payment. Pure: no I/O, no clock, no randomness.
 
 The saga agent calls `apply` for every command and then performs the returned effects
-(write the table, emit the events and requests). Because the result depends only on the
-stored payment and the command, a command redelivered after a crash returns the *same*
-effects again (status `DUPLICATE`), which downstream consumers dedupe by ``event_id``.
+(write the tables, send the events, requests and notifications). Because the result depends
+only on the stored payment and the command, a command redelivered after a crash returns the
+*same* effects again (status `DUPLICATE`), which consumers dedupe by ``event_id``.
+
+Waiting is state too: a payment waiting for a retry backoff, or in a state with a deadline
+(FRAUD_CHECK, PROCESSING, a refund in flight) carries one timer (kind, due time, sequence
+number). The timer agent turns a due timer into a TIMER command; a stale one is refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .policies import RETRYABLE_ERRORS, RetryPolicy
 from .records import (
     Command,
     CommandKind,
     FraudCheckRequest,
     HistoryEntry,
+    Notification,
+    Operation,
     Payment,
     PaymentStateChanged,
     ProcessRequest,
+    Timer,
 )
 from .state_machine import State, Trigger, is_allowed, next_state
 
@@ -28,12 +37,16 @@ __all__ = [
     "Outcome",
     "SagaPolicy",
     "Status",
+    "TimerKind",
     "apply",
     "create_command_id",
     "effects_for_versions",
+    "epoch",
     "format_timestamp",
+    "notifications_for",
     "requests_for",
     "state_changed",
+    "timer_of",
 ]
 
 
@@ -47,12 +60,31 @@ class Status(StrEnum):
     CONFLICT = "conflict"
 
 
+class TimerKind(StrEnum):
+    #: Backoff over: retry processing (counts against the retry budget).
+    RETRY = "retry"
+    #: The processor's circuit breaker was open: try again when it half-opens (not counted).
+    CIRCUIT_WAIT = "circuit_wait"
+    #: FRAUD_CHECK or PROCESSING lasted too long (the request or its answer was lost).
+    DEADLINE = "deadline"
+    #: Refund backoff over: ask again.
+    REFUND_RETRY = "refund_retry"
+    #: A refund request got no answer in time.
+    REFUND_DEADLINE = "refund_deadline"
+
+
 @dataclass(frozen=True)
 class SagaPolicy:
     #: APPROVED -> PROCESSING without an API call (DESIGN §2: configurable).
     auto_process: bool = True
     #: How many recent command ids a payment remembers for deduplication.
     applied_limit: int = 64
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Watchdog deadlines (seconds): well above the NATS timeouts, they only fire when a
+    #: request or its answer was lost (DESIGN §3 "no stranded payments").
+    fraud_deadline: float = 30.0
+    processing_deadline: float = 60.0
+    refund_deadline: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -63,15 +95,26 @@ class Outcome:
     events: tuple[PaymentStateChanged, ...] = ()
     fraud_requests: tuple[FraudCheckRequest, ...] = ()
     process_requests: tuple[ProcessRequest, ...] = ()
+    notifications: tuple[Notification, ...] = ()
     reason: str = ""
     #: For REJECTED: the trigger that the state refused (None if the command made no sense).
     trigger: Trigger | None = None
+
+    @property
+    def timer(self) -> Timer | None:
+        """The payment's pending timer after this outcome (None: no timer)."""
+        return timer_of(self.payment) if self.payment is not None else None
 
 
 def format_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``: the form every contract uses."""
     utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def epoch(timestamp: str) -> float:
+    """Unix seconds of one of our ISO timestamps."""
+    return datetime.fromisoformat(timestamp).timestamp()
 
 
 def create_command_id(payment_id: str) -> str:
@@ -95,99 +138,247 @@ def apply(
     if command.kind == CommandKind.CREATE:
         return _second_create(payment, command)
 
-    trigger, problem = _trigger_for(payment, command)
-    if trigger is None:
-        return Outcome(Status.REJECTED, payment, reason=problem)
-    state = State(payment.state)
-    if not is_allowed(state, trigger):
+    if command.expected_version and command.expected_version != payment.version:
         return Outcome(
-            Status.REJECTED,
-            payment,
-            reason=f"{trigger.value} is not allowed in state {state.value}",
-            trigger=trigger,
+            Status.REJECTED, payment,
+            reason=f"payment changed (version {payment.version}, request checked "
+                   f"version {command.expected_version})",
         )
 
-    updated = _step(payment, trigger, now, _metadata_for(payment, trigger, command, now))
-    updated = _follow_automatic(updated, now, policy)
+    step = _STEPS.get(command.kind)
+    if step is None:
+        return Outcome(Status.REJECTED, payment, reason=f"unknown command kind {command.kind!r}")
+    result = step(payment, command, now, policy)
+    if isinstance(result, Outcome):
+        return result
+    updated = _follow_automatic(result, now, policy)
     return _applied(payment.version + 1, updated, command.command_id, policy)
 
 
-# --- what a command means in the current state ------------------------------------------
+# --- one function per command kind: a new payment, or a REJECTED outcome ----------------
+
+_Result = Payment | Outcome
 
 
-def _trigger_for(payment: Payment, command: Command) -> tuple[Trigger | None, str]:
-    kind = command.kind
-    if kind == CommandKind.FRAUD_RESULT:
-        if command.approved is None:
-            return None, "fraud result without 'approved'"
-        return (Trigger.FRAUD_PASSED if command.approved else Trigger.FRAUD_FAILED), ""
-    if kind == CommandKind.FRAUD_UNAVAILABLE:
-        return Trigger.FRAUD_UNAVAILABLE, ""
-    if kind == CommandKind.REVIEW:
-        if command.decision == "approve":
-            return Trigger.REVIEW_APPROVED, ""
-        if command.decision == "reject":
-            return Trigger.REVIEW_REJECTED, ""
-        return None, f"review decision must be approve or reject, got {command.decision!r}"
-    if kind == CommandKind.START_PROCESSING:
-        return Trigger.PROCESSING_STARTED, ""
-    if kind == CommandKind.PROCESS_RESULT:
-        if command.success is None:
-            return None, "processor result without 'success'"
-        if command.attempt != payment.attempt:
-            # A late answer to an earlier attempt: the current attempt decides.
-            return None, f"result for attempt {command.attempt}, current is {payment.attempt}"
-        return (Trigger.PROCESSOR_SUCCEEDED if command.success else Trigger.PROCESSOR_FAILED), ""
-    if kind == CommandKind.RETRY:
-        return Trigger.RETRY_SCHEDULED, ""
-    return None, f"unknown command kind {kind!r}"
+def _refuse(payment: Payment, reason: str, trigger: Trigger | None = None) -> Outcome:
+    return Outcome(Status.REJECTED, payment, reason=reason, trigger=trigger)
 
 
-def _metadata_for(
-    payment: Payment, trigger: Trigger, command: Command, now: str
-) -> dict[str, Any]:
-    if trigger is Trigger.FRAUD_PASSED:
-        return {"fraud_score": command.risk_score, "fraud_reason": command.reason or ""}
-    if trigger is Trigger.FRAUD_FAILED:
-        return {"fraud_score": command.risk_score, "rejection_reason": command.reason or ""}
-    if trigger is Trigger.FRAUD_UNAVAILABLE:
-        return {"review_reason": command.reason or "fraud check unavailable"}
-    if trigger is Trigger.REVIEW_APPROVED:
-        return {"review_decision": "approve", "review_reason": command.reason or ""}
-    if trigger is Trigger.REVIEW_REJECTED:
-        return {
-            "review_decision": "reject",
-            "rejection_reason": command.reason or "rejected in manual review",
-        }
-    if trigger is Trigger.PROCESSOR_SUCCEEDED:
-        return {"completion_timestamp": now, "confirmation_id": command.confirmation_id or ""}
-    if trigger is Trigger.PROCESSOR_FAILED:
-        return {
-            "error_code": command.error_code or "unknown",
-            "error_message": command.error_message or "",
-            "retry_count": payment.retry_count,
-            "retryable": bool(command.retryable),
-        }
-    if trigger is Trigger.RETRY_SCHEDULED:
-        return {"retry_count": payment.retry_count + 1}
-    return {}
+def _transition(
+    payment: Payment, trigger: Trigger, now: str, metadata: dict[str, Any],
+    policy: SagaPolicy,
+) -> _Result:
+    state = State(payment.state)
+    if not is_allowed(state, trigger):
+        return _refuse(payment, f"{trigger.value} is not allowed in state {state.value}",
+                       trigger)
+    return _step(payment, trigger, now, metadata, policy)
 
 
-# --- transitions ------------------------------------------------------------------------
+def _on_fraud_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    if c.approved is None:
+        return _refuse(p, "fraud result without 'approved'")
+    if c.approved:
+        return _transition(p, Trigger.FRAUD_PASSED, now,
+                           {"fraud_score": c.risk_score, "fraud_reason": c.reason or ""}, policy)
+    return _transition(p, Trigger.FRAUD_FAILED, now,
+                       {"fraud_score": c.risk_score, "rejection_reason": c.reason or ""}, policy)
 
 
-def _step(payment: Payment, trigger: Trigger, now: str, metadata: dict[str, Any]) -> Payment:
-    """One transition: new state, version + 1, one history entry."""
+def _on_fraud_unavailable(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    return _transition(p, Trigger.FRAUD_UNAVAILABLE, now,
+                       {"review_reason": c.reason or "fraud check unavailable"}, policy)
+
+
+def _on_review(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    reviewer = {"reviewed_by": c.requested_by} if c.requested_by else {}
+    if c.decision == "approve":
+        return _transition(p, Trigger.REVIEW_APPROVED, now,
+                           {"review_decision": "approve", "review_reason": c.reason or "",
+                            **reviewer}, policy)
+    if c.decision == "reject":
+        return _transition(p, Trigger.REVIEW_REJECTED, now,
+                           {"review_decision": "reject",
+                            "rejection_reason": c.reason or "rejected in manual review",
+                            **reviewer}, policy)
+    return _refuse(p, f"review decision must be approve or reject, got {c.decision!r}")
+
+
+def _on_start_processing(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    return _transition(p, Trigger.PROCESSING_STARTED, now, {}, policy)
+
+
+def _on_process_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    if c.success is None:
+        return _refuse(p, "processor result without 'success'")
+    if c.attempt != p.attempt:
+        # A late answer to an earlier attempt: the current attempt decides.
+        return _refuse(p, f"result for attempt {c.attempt}, current is {p.attempt}")
+    if c.success:
+        return _transition(p, Trigger.PROCESSOR_SUCCEEDED, now,
+                           {"completion_timestamp": now,
+                            "confirmation_id": c.confirmation_id or ""}, policy)
+    return _fail(p, c.error_code or "processor_error", c.error_message or "",
+                 bool(c.retryable), c.retry_after, now, policy)
+
+
+def _fail(
+    p: Payment, code: str, message: str, retryable: bool, retry_after: float | None,
+    now: str, policy: SagaPolicy,
+) -> _Result:
+    """PROCESSING -> FAILED, then: wait for the breaker, back off and retry, or compensate."""
+    retryable = retryable or code in RETRYABLE_ERRORS
+    metadata: dict[str, Any] = {
+        "error_code": code, "error_message": message[:500], "retry_count": p.retry_count,
+        "retryable": retryable,
+    }
+    kind: TimerKind | None = None
+    delay = 0.0
+    if retry_after is not None and retryable:
+        kind, delay = TimerKind.CIRCUIT_WAIT, max(retry_after, 0.1)
+    elif policy.retry.should_retry(p.retry_count, retryable):
+        kind, delay = TimerKind.RETRY, policy.retry.delay(p.retry_count + 1)
+    if kind is not None:
+        due = epoch(now) + delay
+        metadata["next_attempt_at"] = format_timestamp(datetime.fromtimestamp(due, UTC))
+    failed = _transition(p, Trigger.PROCESSOR_FAILED, now, metadata, policy)
+    if isinstance(failed, Outcome):
+        return failed
+    if kind is not None:
+        return _set_timer(failed, kind, due)
+    reason = "retries exhausted" if retryable else "permanent error"
+    return _step(failed, Trigger.COMPENSATED, now, {
+        "compensation_reason": reason, "error_code": code, "error_message": message[:500],
+        "retry_count": p.retry_count, "customer_notified": True,
+    }, policy)
+
+
+def _on_retry(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    """Retry requested through the API: now, skipping any backoff left."""
+    return _retry(p, now, policy, counted=True, requested_by=c.requested_by)
+
+
+def _retry(
+    p: Payment, now: str, policy: SagaPolicy, counted: bool, requested_by: str | None = None
+) -> _Result:
+    metadata: dict[str, Any] = {"retry_count": p.retry_count + (1 if counted else 0)}
+    if requested_by:
+        metadata["requested_by"] = requested_by
+    scheduled = _transition(p, Trigger.RETRY_SCHEDULED, now, metadata, policy)
+    if isinstance(scheduled, Outcome):
+        return scheduled
+    if counted:
+        scheduled = _replace(scheduled, retry_count=p.retry_count + 1)
+    return scheduled  # RETRY -> PROCESSING follows automatically
+
+
+def _on_timer(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    if p.timer_kind is None or c.attempt != p.timer_seq:
+        return _refuse(p, f"stale timer {c.attempt} (current {p.timer_seq})")
+    kind = TimerKind(p.timer_kind)
+    state = State(p.state)
+    if kind in (TimerKind.RETRY, TimerKind.CIRCUIT_WAIT):
+        return _retry(p, now, policy, counted=kind is TimerKind.RETRY)
+    if kind is TimerKind.DEADLINE and state is State.FRAUD_CHECK:
+        return _transition(p, Trigger.FRAUD_UNAVAILABLE, now,
+                           {"review_reason": "fraud check deadline passed"}, policy)
+    if kind is TimerKind.DEADLINE and state is State.PROCESSING:
+        return _fail(p, "timeout", "no processor result before the deadline", True, None,
+                     now, policy)
+    if kind is TimerKind.REFUND_RETRY and p.refund_pending:
+        return _request_refund(p, now, policy)
+    if kind is TimerKind.REFUND_DEADLINE and p.refund_pending:
+        return _refund_failed(p, "timeout", "no refund result before the deadline", True,
+                              None, now, policy)
+    return _refuse(p, f"timer {kind.value} does not apply in state {state.value}")
+
+
+def _on_refund(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    state = State(p.state)
+    if not is_allowed(state, Trigger.REFUND_CONFIRMED):
+        return _refuse(p, f"refund is not allowed in state {state.value}",
+                       Trigger.REFUND_CONFIRMED)
+    if p.refund_pending:
+        return _refuse(p, "a refund is already in progress", Trigger.REFUND_CONFIRMED)
+    metadata = {k: v for k, v in p.metadata.items() if not k.startswith("refund_")}
+    metadata["refund_requested_at"] = now
+    if c.requested_by:
+        metadata["refund_requested_by"] = c.requested_by
+    if c.reason:
+        metadata["refund_reason"] = c.reason[:500]
+    return _request_refund(_replace(p, refund_retries=0, metadata=metadata), now, policy)
+
+
+def _request_refund(p: Payment, now: str, policy: SagaPolicy) -> Payment:
+    """Ask the processor (again): no transition until it confirms."""
+    asked = _replace(p, refund_pending=True, refund_attempt=p.refund_attempt + 1)
+    return _set_timer(asked, TimerKind.REFUND_DEADLINE, epoch(now) + policy.refund_deadline)
+
+
+def _on_refund_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    if not p.refund_pending or c.attempt != p.refund_attempt:
+        return _refuse(p, f"refund result for attempt {c.attempt}, current is "
+                          f"{p.refund_attempt if p.refund_pending else 'none'}")
+    if c.success is None:
+        return _refuse(p, "refund result without 'success'")
+    if c.success:
+        refunded = _transition(p, Trigger.REFUND_CONFIRMED, now,
+                               {"refund_id": c.refund_id or "", "refunded_at": now}, policy)
+        if isinstance(refunded, Outcome):
+            return refunded
+        return _replace(refunded, refund_pending=False)
+    return _refund_failed(p, c.error_code or "refund_error", c.error_message or "",
+                          bool(c.retryable), c.retry_after, now, policy)
+
+
+def _refund_failed(
+    p: Payment, code: str, message: str, retryable: bool, retry_after: float | None,
+    now: str, policy: SagaPolicy,
+) -> Payment:
+    retryable = retryable or code in RETRYABLE_ERRORS
+    metadata = {**p.metadata, "refund_error_code": code, "refund_error_message": message[:500]}
+    if retry_after is not None and retryable:
+        waiting = _replace(p, metadata=metadata)
+        return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + max(retry_after, 0.1))
+    if policy.retry.should_retry(p.refund_retries, retryable):
+        waiting = _replace(p, metadata=metadata, refund_retries=p.refund_retries + 1)
+        delay = policy.retry.delay(p.refund_retries + 1)
+        return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + delay)
+    # Given up: the payment stays COMPLETED; operations are alerted (notifications_for).
+    metadata["refund_status"] = "failed"
+    return _clear_timer(_replace(p, metadata=metadata, refund_pending=False))
+
+
+_Step = Callable[[Payment, Command, str, SagaPolicy], _Result]
+
+_STEPS: dict[str, _Step] = {
+    CommandKind.FRAUD_RESULT: _on_fraud_result,
+    CommandKind.FRAUD_UNAVAILABLE: _on_fraud_unavailable,
+    CommandKind.REVIEW: _on_review,
+    CommandKind.START_PROCESSING: _on_start_processing,
+    CommandKind.PROCESS_RESULT: _on_process_result,
+    CommandKind.RETRY: _on_retry,
+    CommandKind.TIMER: _on_timer,
+    CommandKind.REFUND: _on_refund,
+    CommandKind.REFUND_RESULT: _on_refund_result,
+}
+
+
+# --- transitions and timers -------------------------------------------------------------
+
+
+def _step(
+    payment: Payment, trigger: Trigger, now: str, metadata: dict[str, Any],
+    policy: SagaPolicy,
+) -> Payment:
+    """One transition: new state, version + 1, one history entry, the state's timer."""
     state = State(payment.state)
     target = next_state(state, trigger)
     version = payment.version + 1
     attempt = payment.attempt
-    retry_count = payment.retry_count
     if target is State.PROCESSING:
         attempt += 1
         metadata = {**metadata, "attempt": attempt}
-    if trigger is Trigger.RETRY_SCHEDULED:
-        retry_count += 1
     if target is State.FRAUD_CHECK:
         metadata = {**metadata, "fraud_requested_at": now}
     entry = HistoryEntry(
@@ -197,7 +388,7 @@ def _step(payment: Payment, trigger: Trigger, now: str, metadata: dict[str, Any]
         timestamp=now,
         metadata=metadata,
     )
-    return _replace(
+    moved = _clear_timer(_replace(
         payment,
         state=target.value,
         previous_state=state.value,
@@ -206,8 +397,30 @@ def _step(payment: Payment, trigger: Trigger, now: str, metadata: dict[str, Any]
         metadata=metadata,
         history=[*payment.history, entry],
         attempt=attempt,
-        retry_count=retry_count,
-    )
+    ))
+    if target is State.FRAUD_CHECK:
+        return _set_timer(moved, TimerKind.DEADLINE, epoch(now) + policy.fraud_deadline)
+    if target is State.PROCESSING:
+        return _set_timer(moved, TimerKind.DEADLINE, epoch(now) + policy.processing_deadline)
+    return moved
+
+
+def _set_timer(payment: Payment, kind: TimerKind, due: float) -> Payment:
+    return _replace(payment, timer_kind=kind.value, timer_due=due,
+                    timer_seq=payment.timer_seq + 1)
+
+
+def _clear_timer(payment: Payment) -> Payment:
+    if payment.timer_kind is None:
+        return payment
+    return _replace(payment, timer_kind=None, timer_due=None)
+
+
+def timer_of(payment: Payment) -> Timer | None:
+    if payment.timer_kind is None or payment.timer_due is None:
+        return None
+    return Timer(payment_id=payment.payment_id, kind=payment.timer_kind,
+                 due=payment.timer_due, seq=payment.timer_seq)
 
 
 def _follow_automatic(payment: Payment, now: str, policy: SagaPolicy) -> Payment:
@@ -222,7 +435,7 @@ def _follow_automatic(payment: Payment, now: str, policy: SagaPolicy) -> Payment
             trigger = Trigger.RETRY_STARTED
         else:
             return payment
-        payment = _step(payment, trigger, now, {})
+        payment = _step(payment, trigger, now, {}, policy)
 
 
 def _create(command: Command, now: str, policy: SagaPolicy) -> Outcome:
@@ -268,18 +481,44 @@ def _second_create(payment: Payment, command: Command) -> Outcome:
 
 
 def _applied(first: int, payment: Payment, command_id: str, policy: SagaPolicy) -> Outcome:
+    """Record the command (versions first..last; an empty range for changes without a
+    transition, such as a refund request) and return its effects."""
     applied = dict(payment.applied)
     applied[command_id] = [first, payment.version]
     while len(applied) > policy.applied_limit:
         del applied[next(iter(applied))]
     payment = _replace(payment, applied=applied)
-    events, fraud, process = effects_for_versions(payment, first, payment.version)
-    return Outcome(Status.APPLIED, payment, events, fraud, process)
+    return _effects(Status.APPLIED, payment, first, payment.version, "")
 
 
 def _duplicate(payment: Payment, first: int, last: int) -> Outcome:
+    return _effects(Status.DUPLICATE, payment, first, last, "seen before")
+
+
+def _effects(status: Status, payment: Payment, first: int, last: int, reason: str) -> Outcome:
     events, fraud, process = effects_for_versions(payment, first, last)
-    return Outcome(Status.DUPLICATE, payment, events, fraud, process, reason="seen before")
+    notes = tuple(
+        note for entry in payment.history if first <= entry.version <= last
+        for note in notifications_for(payment, entry)
+    )
+    if first > last and payment.metadata.get("refund_status") == "failed":
+        notes += (_refund_failed_alert(payment),)
+    return Outcome(status, payment, events, fraud, process, notes, reason)
+
+
+def _refund_failed_alert(payment: Payment) -> Notification:
+    meta = payment.metadata
+    return Notification(
+        notification_id=f"{payment.payment_id}:refund:{payment.refund_attempt}:operations",
+        audience="operations", event="REFUND_FAILED", severity="critical",
+        payment_id=payment.payment_id, customer_id=payment.customer_id,
+        merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
+        state=payment.state,
+        reason=f"refund failed: {meta.get('refund_error_code')} "
+               f"{meta.get('refund_error_message', '')}".strip(),
+        error_code=meta.get("refund_error_code"),
+        created_at=payment.updated_at,
+    )
 
 
 # --- effects, rebuilt from stored state -------------------------------------------------
@@ -291,7 +530,8 @@ def effects_for_versions(
     tuple[PaymentStateChanged, ...], tuple[FraudCheckRequest, ...], tuple[ProcessRequest, ...]
 ]:
     """The events for versions first..last, and the requests of the current state if the
-    payment is still where those versions left it (otherwise they were answered already)."""
+    payment is still where those versions left it (otherwise they were answered already).
+    An empty range (first = last + 1) is a change without a transition at version `last`."""
     events = tuple(
         state_changed(payment, entry)
         for entry in payment.history
@@ -320,17 +560,66 @@ def requests_for(
             ),
         ), ()
     if state is State.PROCESSING:
-        return (), (
-            ProcessRequest(
-                payment_id=payment.payment_id,
-                amount=payment.amount,
-                currency=payment.currency,
-                customer_id=payment.customer_id,
-                merchant_id=payment.merchant_id,
-                attempt=payment.attempt,
-            ),
-        )
+        return (), (_process_request(payment, Operation.PAYMENT, payment.attempt),)
+    if (
+        state is State.COMPLETED
+        and payment.refund_pending
+        and payment.timer_kind == TimerKind.REFUND_DEADLINE
+    ):
+        return (), (_process_request(payment, Operation.REFUND, payment.refund_attempt),)
     return (), ()
+
+
+def _process_request(payment: Payment, operation: Operation, attempt: int) -> ProcessRequest:
+    confirmation = None
+    if operation is Operation.REFUND:
+        confirmation = next(
+            (e.metadata.get("confirmation_id") for e in reversed(payment.history)
+             if e.state == State.COMPLETED.value), None)
+    return ProcessRequest(
+        payment_id=payment.payment_id,
+        amount=payment.amount,
+        currency=payment.currency,
+        customer_id=payment.customer_id,
+        merchant_id=payment.merchant_id,
+        attempt=attempt,
+        operation=operation.value,
+        confirmation_id=confirmation,
+    )
+
+
+def notifications_for(payment: Payment, entry: HistoryEntry) -> tuple[Notification, ...]:
+    """Compensation notifies the customer and alerts operations (the spec's saga)."""
+    if entry.state != State.COMPENSATED.value:
+        return ()
+    meta = entry.metadata
+    permanent = meta.get("compensation_reason") == "permanent error"
+    common: dict[str, Any] = {
+        "payment_id": payment.payment_id,
+        "customer_id": payment.customer_id,
+        "merchant_id": payment.merchant_id,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "state": entry.state,
+        "error_code": meta.get("error_code"),
+        "created_at": entry.timestamp,
+    }
+    return (
+        Notification(
+            notification_id=f"{payment.payment_id}:{entry.version}:customer",
+            audience="customer", event="PAYMENT_FAILED", severity="info",
+            reason="Your payment could not be completed; you have not been charged.",
+            **common,
+        ),
+        Notification(
+            notification_id=f"{payment.payment_id}:{entry.version}:operations",
+            audience="operations", event="PAYMENT_COMPENSATED",
+            severity="warning" if permanent else "critical",
+            reason=f"{meta.get('compensation_reason', 'failed')}: "
+                   f"{meta.get('error_code')} {meta.get('error_message', '')}".strip(),
+            **common,
+        ),
+    )
 
 
 def state_changed(payment: Payment, entry: HistoryEntry) -> PaymentStateChanged:

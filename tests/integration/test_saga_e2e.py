@@ -26,7 +26,9 @@ PATHS: dict[str, tuple[list[str], str, str]] = {
     "completed": (["NEW", "FRAUD_CHECK", "APPROVED", "PROCESSING", "COMPLETED"], "cust", "m"),
     "rejected": (["NEW", "FRAUD_CHECK", "REJECTED"], "fraud-cust", "m"),
     "review": (["NEW", "FRAUD_CHECK", "MANUAL_REVIEW"], "noreply-cust", "m"),
-    "failed": (["NEW", "FRAUD_CHECK", "APPROVED", "PROCESSING", "FAILED"], "cust", "fail-m"),
+    # A permanent processor error: compensated at once (customer and operations notified).
+    "failed": (["NEW", "FRAUD_CHECK", "APPROVED", "PROCESSING", "FAILED", "COMPENSATED"],
+               "cust", "fail-m"),
 }
 METADATA_KEYS = {
     "FRAUD_CHECK": {"fraud_requested_at"},
@@ -36,6 +38,7 @@ METADATA_KEYS = {
     "PROCESSING": {"attempt"},
     "COMPLETED": {"completion_timestamp", "confirmation_id"},
     "FAILED": {"error_code", "error_message", "retry_count"},
+    "COMPENSATED": {"compensation_reason", "error_code"},
 }
 
 
