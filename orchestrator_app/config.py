@@ -93,6 +93,10 @@ class Settings:
     sink_batch_size: int = 500
     max_event_bytes: int = 65536
     api_tokens: tuple[str, ...] = ()
+    #: Command API requests per client per minute.
+    api_rate_limit: int = 600
+    #: How long an Idempotency-Key is remembered (Stripe: 24 h).
+    idempotency_ttl: int = 86400
     broker_session_timeout: float = 6.0
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 10.0
@@ -265,6 +269,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SINK_BATCH_SIZE": ("sink_batch_size", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
     "API_TOKEN": ("api_tokens", _tokens),
+    "API_RATE_LIMIT_PER_MINUTE": ("api_rate_limit", _positive_int),
+    "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl", _positive_int),
     "BROKER_SESSION_TIMEOUT_SECONDS": ("broker_session_timeout", _positive_seconds),
     "BROKER_HEARTBEAT_INTERVAL_SECONDS": ("broker_heartbeat_interval", _positive_seconds),
     "BROKER_REBALANCE_TIMEOUT_SECONDS": ("broker_rebalance_timeout", _positive_seconds),

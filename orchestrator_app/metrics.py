@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = [
     "REGISTRY",
+    "api_requests",
     "breaker_state",
     "command_latency",
     "dead_letters",
@@ -125,6 +126,14 @@ timers_fired = Counter(
     "payment_timers_fired",
     "Due timers turned into TIMER commands (retry backoffs, deadlines).",
     ["kind"],
+    registry=REGISTRY,
+)
+
+
+api_requests = Counter(
+    "payment_api_commands",
+    "Command API requests by action and HTTP status.",
+    ["action", "status"],
     registry=REGISTRY,
 )
 

@@ -36,6 +36,7 @@ MODULES = (
     "agents.timers",
     "agents.postgres_sink",
     "orchestrator_app.web",
+    "orchestrator_app.command_api",
 )
 
 

@@ -1,0 +1,313 @@
+"""The command API: refund, retry, review and (manual mode) process a payment.
+
+Every endpoint is ``POST /payments/{id}/<action>`` and goes through the same steps:
+
+1. bearer-token authentication against ``API_TOKEN`` (none configured: 503);
+2. routing: the replica that owns the payment's partition answers (others forward the
+   request, body and headers included), so the state it checks is the live state;
+3. a per-client rate limit and ``Idempotency-Key`` handling in Redis (Stripe's rules:
+   same key and body → the first answer again; same key, other body → 422; 24 h);
+4. a dry run of the pure saga step on the current payment: 404 unknown, 409 not allowed;
+5. the command goes on the commands topic (acknowledged by the broker) → 202. The saga
+   agent applies it like any other input; it carries the version checked here, so a
+   command that raced another change is refused there too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from faust import web
+from yarl import URL
+
+from agents.saga import POLICY  # the saga's own policy: the dry run must match it
+from orchestrator_app import metrics
+from orchestrator_app.app import app, settings
+from orchestrator_app.clients.redis import REDIS_ERRORS, IdempotencyRecord
+from orchestrator_app.domain import codec
+from orchestrator_app.domain.records import Command, CommandKind
+from orchestrator_app.domain.saga import Status, apply, format_timestamp
+from orchestrator_app.resources import redis_client
+from orchestrator_app.topics import commands
+from orchestrator_app.web import JSON, error, json_response
+from tables.payments import payments
+
+__all__ = [
+    "ACTIONS",
+    "ApiError",
+    "authenticate",
+    "build_command",
+    "fingerprint",
+    "parse_body",
+]
+
+log = logging.getLogger(__name__)
+
+#: action -> command kind
+ACTIONS: dict[str, CommandKind] = {
+    "refund": CommandKind.REFUND,
+    "retry": CommandKind.RETRY,
+    "review": CommandKind.REVIEW,
+    "process": CommandKind.START_PROCESSING,
+}
+MAX_BODY = 16 * 1024
+FORWARDED = "X-Orchestrator-Forwarded"
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+@dataclass(frozen=True)
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+    headers: Mapping[str, str] | None = None
+
+
+# --- pure steps (unit-tested) -----------------------------------------------------------
+
+
+def authenticate(authorization: str | None, tokens: Sequence[str]) -> str:
+    """The client id for a valid bearer token (a hash: the token itself is never kept)."""
+    if not tokens:
+        raise ApiError(503, "api_disabled", "the command API is off: no API_TOKEN configured")
+    if not authorization:
+        raise ApiError(401, "unauthorized", "missing bearer token",
+                       {"WWW-Authenticate": 'Bearer realm="payment-orchestrator"'})
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'",
+                       {"WWW-Authenticate": 'Bearer realm="payment-orchestrator"'})
+    # Compare with every token, in constant time, so timing tells nothing.
+    matched = False
+    for candidate in tokens:
+        matched |= hmac.compare_digest(candidate.encode(), token.encode())
+    if not matched:
+        raise ApiError(403, "forbidden", "token not accepted")
+    return "client-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def parse_body(action: str, raw: bytes) -> dict[str, Any]:
+    """Validate the JSON body of `action`; an empty body is ``{}``."""
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
+    if not raw.strip():
+        body: Any = {}
+    else:
+        try:
+            body = codec.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "body must be a JSON object")
+    allowed = {"reason"} | ({"decision"} if action == "review" else set())
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(unknown)}")
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ApiError(400, "invalid_body", "reason must be a string of at most 500 characters")
+    if action == "review":
+        if body.get("decision") not in ("approve", "reject"):
+            raise ApiError(400, "invalid_body", "decision must be 'approve' or 'reject'")
+        if not reason:
+            raise ApiError(400, "invalid_body", "a review needs a reason")
+    return body
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not set(key) <= _KEY_CHARS:
+        raise ApiError(400, "invalid_idempotency_key",
+                       "Idempotency-Key must be 1-255 characters of letters, digits, - _ . :")
+    return key
+
+
+def fingerprint(action: str, payment_id: str, body: Mapping[str, Any]) -> str:
+    """Same request ⇔ same fingerprint (JSON key order and spacing do not matter)."""
+    canonical = codec.dumps({"a": action, "p": payment_id, "b": dict(sorted(body.items()))})
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def build_command(
+    action: str, payment_id: str, body: Mapping[str, Any], version: int, client: str,
+    idempotency_key: str | None, now: str,
+) -> Command:
+    # With a key, the id is derived from it: a command re-sent under the same key dedupes.
+    suffix = f"{client}:{idempotency_key}" if idempotency_key else uuid.uuid4().hex
+    return Command(
+        kind=ACTIONS[action].value,
+        payment_id=payment_id,
+        command_id=f"{payment_id}:api:{action}:{suffix}",
+        issued_at=now,
+        decision=body.get("decision"),
+        reason=body.get("reason"),
+        expected_version=version,
+        requested_by=client,
+    )
+
+
+# --- the HTTP flow ----------------------------------------------------------------------
+
+
+def _respond(view: web.View, exc: ApiError, **extra: Any) -> web.Response:
+    response = error(view, exc.status, exc.code, exc.message, **extra)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _owner(payment_id: str) -> URL | None:
+    """The owning replica's URL, or None when that is this replica."""
+    try:
+        dest = app.router.key_store(payments.name, payment_id)
+    except (KeyError, TypeError):
+        raise ApiError(503, "unavailable", "partition owners not known yet; retry",
+                       {"Retry-After": "1"}) from None
+    here = URL(str(app.conf.canonical_url))
+    if (dest.host, dest.port) == (here.host, here.port):
+        return None
+    return dest
+
+
+async def _forward(view: web.View, request: web.Request, dest: URL, raw: bytes) -> web.Response:
+    if request.headers.get(FORWARDED):
+        raise ApiError(503, "unavailable", "partition ownership is moving; retry",
+                       {"Retry-After": "1"})
+    headers = {name: request.headers[name]
+               for name in ("Authorization", "Idempotency-Key", "Content-Type")
+               if name in request.headers}
+    headers[FORWARDED] = "1"
+    url = dest.with_path(request.path)
+    try:
+        async with app.http_client.post(url, data=raw, headers=headers) as response:
+            body = await response.read()
+            out = view.bytes(body, content_type=response.content_type or JSON,
+                             status=response.status)
+            for name in ("Retry-After", "Location", "Idempotent-Replayed", "WWW-Authenticate"):
+                if name in response.headers:
+                    out.headers[name] = response.headers[name]
+            return out
+    except (aiohttp.ClientError, OSError):
+        raise ApiError(503, "unavailable", "the replica owning this payment is not reachable",
+                       {"Retry-After": "1"}) from None
+
+
+async def handle(view: web.View, request: web.Request, payment_id: str,
+                 action: str) -> web.Response:
+    try:
+        client = authenticate(request.headers.get("Authorization"), settings.api_tokens)
+        raw = await request.read()
+        dest = _owner(payment_id)
+        if dest is not None:
+            return await _forward(view, request, dest, raw)
+        response = await _handle_here(view, request, payment_id, action, client, raw)
+    except ApiError as exc:
+        response = _respond(view, exc)
+    metrics.api_requests.labels(action=action, status=str(response.status)).inc()
+    return response
+
+
+async def _handle_here(view: web.View, request: web.Request, payment_id: str, action: str,
+                       client: str, raw: bytes) -> web.Response:
+    key = check_idempotency_key(request.headers.get("Idempotency-Key"))
+    try:
+        decision = await redis_client.rate_limit(client, settings.api_rate_limit)
+    except REDIS_ERRORS:
+        raise ApiError(503, "unavailable", "rate limiter unavailable; retry",
+                       {"Retry-After": "1"}) from None
+    if not decision.allowed:
+        raise ApiError(429, "rate_limited", "too many requests",
+                       {"Retry-After": str(decision.retry_after)})
+    body = parse_body(action, raw)
+    if key is None:
+        status, payload, headers = await _execute(payment_id, action, body, client, None)
+        return _reply(view, status, payload, headers)
+
+    print_ = fingerprint(action, payment_id, body)
+    ttl = settings.idempotency_ttl
+    try:
+        existing = await redis_client.idempotency_begin(client, key, print_, ttl)
+    except REDIS_ERRORS:
+        raise ApiError(503, "unavailable", "idempotency store unavailable; retry",
+                       {"Retry-After": "1"}) from None
+    if existing is not None:
+        if existing.fingerprint != print_:
+            raise ApiError(422, "idempotency_key_reused",
+                           "this Idempotency-Key was used with a different request")
+        if existing.status is None:
+            raise ApiError(409, "idempotency_in_progress",
+                           "a request with this Idempotency-Key is still being handled",
+                           {"Retry-After": "1"})
+        replay = view.bytes((existing.body or "").encode(), content_type=JSON,
+                            status=existing.status)
+        replay.headers["Idempotent-Replayed"] = "true"
+        return replay
+    try:
+        status, payload, headers = await _execute(payment_id, action, body, client, key)
+    except BaseException:
+        await redis_client.idempotency_release(client, key)
+        raise
+    if status >= 500:
+        await redis_client.idempotency_release(client, key)
+    else:
+        text = codec.dumps(payload).decode()
+        await redis_client.idempotency_finish(
+            client, key, IdempotencyRecord(print_, status, text), ttl)
+    return _reply(view, status, payload, headers)
+
+
+def _reply(view: web.View, status: int, payload: dict[str, Any],
+           headers: Mapping[str, str]) -> web.Response:
+    response = json_response(view, payload, status=status)
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response
+
+
+async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client: str,
+                   key: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Check against the live state and send; returns (status, body, headers)."""
+    payment = payments.get(payment_id)
+    if payment is None:
+        return 404, {"error": "not_found", "message": f"no payment with id {payment_id!r}",
+                     "payment_id": payment_id}, {}
+    now = format_timestamp(datetime.now(UTC))
+    command = build_command(action, payment_id, body, payment.version, client, key, now)
+    outcome = apply(payment, command, now, POLICY)
+    if outcome.status is not Status.APPLIED:
+        return 409, {"error": "invalid_transition", "message": outcome.reason,
+                     "payment_id": payment_id, "current_state": payment.state}, {}
+    try:
+        sent = await commands.send(key=payment_id, value=command)
+        await sent  # acknowledged by the broker
+    except Exception:
+        log.exception("could not put a %s command on the commands topic", action)
+        return 503, {"error": "unavailable", "message": "could not queue the command; retry"}, {
+            "Retry-After": "1"}
+    log.info("accepted %s for a payment from %s", action, client)
+    return 202, {"status": "accepted", "action": action, "payment_id": payment_id,
+                 "command_id": command.command_id, "current_state": payment.state}, {
+        "Location": f"/payments/{payment_id}/state"}
+
+
+def _view(action: str) -> type[web.View]:
+    class CommandView(web.View):
+        async def post(self, request: web.Request, payment_id: str) -> web.Response:
+            return await handle(self, request, payment_id, action)
+
+    CommandView.__name__ = f"{action.title()}View"
+    return CommandView
+
+
+for _action in ACTIONS:
+    app.page(f"/payments/{{payment_id}}/{_action}")(_view(_action))
