@@ -13,6 +13,7 @@ payment.process
   * merchant_id ``fail-…``      → declined, error_code ``card_declined``, not retryable
   * merchant_id ``flaky-…``     → attempt 1 fails retryable (``processor_unavailable``), later
                                    attempts succeed
+  * merchant_id ``down-…``      → every attempt fails retryably (``processor_unavailable``)
   * merchant_id ``noreply-…``   → no reply (processor timeout)
   * ``failure_rate`` r          → a deterministic share r of attempts fails retryable
   * anything else               → success, confirmation_id ``conf-<hash>``
@@ -81,7 +82,7 @@ def process_reply(request: dict[str, Any], rules: Rules) -> dict[str, Any] | Non
     if merchant.startswith("fail-"):
         return {**failed, "error_code": "card_declined",
                 "error_message": "Card declined by issuer", "retryable": False}
-    flaky = merchant.startswith("flaky-") and attempt == 1
+    flaky = merchant.startswith("down-") or (merchant.startswith("flaky-") and attempt == 1)
     unlucky = rules.failure_rate > 0 and (
         int(_digest(payment_id, attempt)[:8], 16) / 0xFFFFFFFF < rules.failure_rate
     )

@@ -1,7 +1,8 @@
 """HTTP endpoints served by every worker's Faust web server.
 
 The state view is table-routed: a request for a payment whose partition another replica
-owns is forwarded to that replica, so any replica answers for any payment.
+owns is forwarded to that replica, so any replica answers for any payment. The listing
+(``GET /payments``) reads PostgreSQL, which every replica shares: it needs no routing.
 """
 
 from __future__ import annotations
@@ -16,11 +17,22 @@ from faust.web.exceptions import ServiceUnavailable
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app
+from orchestrator_app.clients.postgres import CONNECTION_ERRORS
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Payment
+from orchestrator_app.listing import ListingError, encode_cursor, parse_list_query, single_values
+from orchestrator_app.resources import payment_store
 from tables.payments import payments
 
-__all__ = ["health", "payment_state", "prometheus_metrics", "ready", "routed", "state_view"]
+__all__ = [
+    "health",
+    "list_payments",
+    "payment_state",
+    "prometheus_metrics",
+    "ready",
+    "routed",
+    "state_view",
+]
 
 SERVICE_NAME = "payment-orchestrator"
 JSON = "application/json"
@@ -87,7 +99,7 @@ async def routed(
 
 @app.page("/metrics")
 async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
-    return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
 
 @app.page("/payments/{payment_id}/state")
@@ -102,3 +114,30 @@ async def payment_state(
         return json_response(self, state_view(payment))
 
     return await routed(self, request, payment_id, local)
+
+
+@app.page("/payments")
+async def list_payments(self: web.View, request: web.Request) -> web.Response:
+    """``GET /payments?state=&customer_id=&merchant_id=&since=&until=&limit=&cursor=``.
+
+    Newest first (created_at, then payment_id, descending), keyset-paginated: follow
+    ``next_cursor`` until it is null. This reads what the Postgres sink has written, so it
+    may lag the live state (``GET /payments/{id}/state``) by a moment, and a payment whose
+    first state change has not reached the database yet is not listed. Any replica answers.
+    400 names the bad parameter; 503 while the database is unreachable.
+    """
+    try:
+        query = parse_list_query(single_values(request.query.items()))
+    except ListingError as exc:
+        return error(self, 400, "invalid_parameter", exc.reason)
+    try:
+        page = await payment_store.list_payments(query)
+    except CONNECTION_ERRORS as exc:
+        await payment_store.reset()
+        response = error(self, 503, "unavailable",
+                         f"the payment database is not reachable ({exc.__class__.__name__});"
+                         " retry")
+        response.headers["Retry-After"] = "1"
+        return response
+    next_cursor = encode_cursor(*page.next_cursor) if page.next_cursor is not None else None
+    return json_response(self, {"items": page.items, "next_cursor": next_cursor})

@@ -43,6 +43,9 @@ async def _start_and_consume(
     command = json.loads(next(r.value for r in records if r.key == payment_id.encode()))
     assert command["kind"] == "create"
     assert command["payment"]["payment_id"] == payment_id
+    status, body = worker.get("/metrics")
+    assert status == 200
+    assert 'kafka_messages_processed_total{topic="payment.created"} 1.0' in body.decode()
     print(f"\n[{broker_name}] worker healthy after {healthy_after:.1f}s, "
           f"first record consumed and forwarded after {consuming_after:.1f}s")
     worker.stop()
