@@ -1,7 +1,8 @@
-"""PostgreSQL access: the idempotent batch writer of the sink (and, later, the listing).
+"""PostgreSQL access: the idempotent batch writer of the sink, and the payment listing.
 
 Postgres is a sink, not the source of truth: a write may be repeated any number of times
-(redelivery, retries after an outage) and must change nothing the second time.
+(redelivery, retries after an outage) and must change nothing the second time. The listing
+(``GET /payments``) reads what the sink has written, so it may lag the live state a moment.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import asyncpg
 import faust
 
 from orchestrator_app.domain import codec
+from orchestrator_app.domain.saga import format_timestamp
 
-__all__ = ["CONNECTION_ERRORS", "PaymentStore", "StateRow"]
+__all__ = ["CONNECTION_ERRORS", "ListPage", "ListQuery", "PaymentStore", "StateRow"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,85 @@ ON CONFLICT (payment_id) DO UPDATE SET
     updated_at = EXCLUDED.updated_at
 WHERE payment_states.version < EXCLUDED.version
 """
+
+
+_LIST_COLUMNS = (
+    "payment_id, current_state, previous_state, amount, currency, customer_id, merchant_id,"
+    " metadata::text AS metadata, version, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated ``GET /payments`` query (built by `orchestrator_app.listing`).
+
+    ``since`` is inclusive and ``until`` exclusive, both on ``created_at`` (time-zone aware);
+    ``cursor`` is the (created_at, payment_id) of the last item of the previous page.
+    """
+
+    state: str | None = None
+    customer_id: str | None = None
+    merchant_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    cursor: tuple[datetime, str] | None = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page: API-ready items, and the keyset of the last item when more follow."""
+
+    items: list[dict[str, Any]]
+    next_cursor: tuple[datetime, str] | None
+
+
+def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
+    """The statement and its parameters: fixed SQL fragments, every value a $n parameter."""
+    params: list[Any] = []
+    where: list[str] = []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return f"${len(params)}"
+
+    if query.state is not None:
+        where.append(f"current_state = {param(query.state)}")
+    if query.customer_id is not None:
+        where.append(f"customer_id = {param(query.customer_id)}")
+    if query.merchant_id is not None:
+        where.append(f"merchant_id = {param(query.merchant_id)}")
+    if query.since is not None:
+        where.append(f"created_at >= {param(query.since)}")
+    if query.until is not None:
+        where.append(f"created_at < {param(query.until)}")
+    if query.cursor is not None:
+        created_at, payment_id = query.cursor
+        where.append(f"(created_at, payment_id) < ({param(created_at)}, {param(payment_id)})")
+    sql = f"SELECT {_LIST_COLUMNS} FROM payment_states"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    # One more row than asked: its presence says whether a next page exists.
+    sql += f" ORDER BY created_at DESC, payment_id DESC LIMIT {param(query.limit + 1)}"
+    return sql, params
+
+
+def list_item(row: Any) -> dict[str, Any]:
+    """A payment_states row as the API shows it: exact decimals, ISO 8601 UTC times."""
+    metadata = row["metadata"]
+    return {
+        "payment_id": row["payment_id"],
+        "current_state": row["current_state"],
+        "previous_state": row["previous_state"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "customer_id": row["customer_id"],
+        "merchant_id": row["merchant_id"],
+        "metadata": codec.loads(metadata) if metadata is not None else {},
+        "version": row["version"],
+        "created_at": format_timestamp(row["created_at"]),
+        "updated_at": format_timestamp(row["updated_at"]),
+    }
 
 
 @dataclass(frozen=True)
@@ -162,3 +243,16 @@ class PaymentStore(faust.Service):
                 [first_seen[r.payment_id] for r in states],
                 [r.changed_at for r in states],
             )
+
+    async def list_payments(self, query: ListQuery) -> ListPage:
+        """One page of payments, newest first (keyset pagination: no OFFSET)."""
+        sql, params = list_sql(query)
+        pool = await self.pool()
+        # Bounded waits: the sink shares this pool, and an HTTP client should get a 503
+        # rather than hang behind it.
+        async with pool.acquire(timeout=5) as conn:
+            rows = await conn.fetch(sql, *params, timeout=10)
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        next_cursor = (rows[-1]["created_at"], rows[-1]["payment_id"]) if more else None
+        return ListPage([list_item(row) for row in rows], next_cursor)

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from orchestrator_app.schema import MIGRATIONS_DIR, MigrationError, migrate
+from orchestrator_app.schema import MIGRATIONS_DIR, MigrationError, discover, migrate
+
+ALL = [m.path.name for m in discover()]
 from tests.workers import CLI
 
 pytestmark = pytest.mark.integration
@@ -45,17 +47,18 @@ def _cli_migrate(url: str) -> subprocess.CompletedProcess[str]:
 async def test_cli_applies_then_is_a_noop(fresh_db: str) -> None:
     first = _cli_migrate(fresh_db)
     assert first.returncode == 0, first.stderr
-    assert "applied 001_payment_orchestrator_schema.sql" in first.stdout
+    for name in ALL:
+        assert f"applied {name}" in first.stdout
     second = _cli_migrate(fresh_db)
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
 
     conn = await asyncpg.connect(fresh_db)
     try:
-        rows = await conn.fetch("SELECT version, filename FROM schema_migrations")
-        assert [(r["version"], r["filename"]) for r in rows] == [
-            ("001", "001_payment_orchestrator_schema.sql")
-        ]
+        rows = await conn.fetch(
+            "SELECT version, filename FROM schema_migrations ORDER BY version")
+        assert [r["filename"] for r in rows] == ALL
+        assert [r["version"] for r in rows] == [name[:3] for name in ALL]
         # The schema holds amounts exactly and enforces history (payment_id, version).
         await conn.execute(
             "INSERT INTO payment_states (payment_id, current_state, amount, currency,"
@@ -82,10 +85,10 @@ async def test_cli_applies_then_is_a_noop(fresh_db: str) -> None:
 async def test_concurrent_runs_apply_once(fresh_db: str) -> None:
     results = await asyncio.gather(*(migrate(fresh_db) for _ in range(4)))
     applied = [name for result in results for name in result]
-    assert applied == ["001_payment_orchestrator_schema.sql"]
+    assert applied == ALL
     conn = await asyncpg.connect(fresh_db)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(ALL)
     finally:
         await conn.close()
 
@@ -95,16 +98,16 @@ async def test_pending_files_apply_in_order_and_edits_are_caught(
 ) -> None:
     directory = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, directory)
-    assert await migrate(fresh_db, directory) == ["001_payment_orchestrator_schema.sql"]
+    assert await migrate(fresh_db, directory) == ALL
 
-    (directory / "002_add_note.sql").write_text(
+    (directory / "900_add_note.sql").write_text(
         "ALTER TABLE payment_states ADD COLUMN note TEXT;"
     )
-    (directory / "003_fill_note.sql").write_text("UPDATE payment_states SET note = 'x';")
-    assert await migrate(fresh_db, directory) == ["002_add_note.sql", "003_fill_note.sql"]
+    (directory / "901_fill_note.sql").write_text("UPDATE payment_states SET note = 'x';")
+    assert await migrate(fresh_db, directory) == ["900_add_note.sql", "901_fill_note.sql"]
     assert await migrate(fresh_db, directory) == []
 
-    (directory / "002_add_note.sql").write_text("ALTER TABLE payment_states ADD COLUMN n2 INT;")
+    (directory / "900_add_note.sql").write_text("ALTER TABLE payment_states ADD COLUMN n2 INT;")
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await migrate(fresh_db, directory)
 
