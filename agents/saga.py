@@ -28,7 +28,7 @@ from orchestrator_app.topics import (
     state_changed,
 )
 from tables.payments import payments
-from tables.timers import timers
+from tables.timers import due_index, timers
 
 __all__ = ["POLICY", "handle_command", "saga", "saga_policy"]
 
@@ -113,10 +113,12 @@ def _store_timer(outcome: Outcome) -> None:
     timer = outcome.timer
     current = timers.get(payment_id)
     if timer is None:
+        due_index.discard(payment_id)
         if current is not None:
             del timers[payment_id]
     elif current is None or current.seq != timer.seq:
         timers[payment_id] = timer
+        due_index.set(timer)
 
 
 @app.agent(commands)
