@@ -1,4 +1,4 @@
-# The two commands a newcomer needs: `make run` (coming with the saga issue) and `make test`.
+# The two commands a newcomer needs: `make run` and `make test`.
 # Both set up .venv themselves; the tests start every server they need (orchestrator_app/devstack.py).
 
 PYTHON ?= python3
@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+RUN_ARGS ?=
 
-.PHONY: venv test unit lint clean-stack
+.PHONY: venv run test unit lint clean-stack
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+## make run: the whole stack (Tansu unless KAFKA_BROKERS is set; PostgreSQL, Redis, NATS from
+## their URLs, else running locally, else started here), a worker, simulators and a trickle of
+## demo payments; prints where to look. Ctrl-C stops everything it started.
+## Options: make run RUN_ARGS="--rate 20 --payments 500 --duration 60"
+run: $(STAMP)
+	$(BIN)/python -m orchestrator_app.localrun $(RUN_ARGS)
 
 ## make test: the whole suite; starts Apache Kafka (unless KAFKA_BROKERS is set), PostgreSQL,
 ## Redis, NATS (unless DATABASE_URL / REDIS_URL / NATS_URL are set) and stops them afterwards.

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 def saga_policy(s: Settings) -> SagaPolicy:
     """Deadlines sit well above the NATS timeouts: they only catch lost requests."""
+    watchdog = max(s.watchdog_seconds, 2 * max(s.fraud_timeout, s.processor_timeout,
+                                               s.refund_timeout))
     return SagaPolicy(
         auto_process=s.auto_process,
         retry=RetryPolicy(
@@ -45,9 +47,9 @@ def saga_policy(s: Settings) -> SagaPolicy:
             max_delay=s.retry_max_delay,
             factor=s.retry_backoff_factor,
         ),
-        fraud_deadline=3 * s.fraud_timeout + 10,
-        processing_deadline=3 * s.processor_timeout + 10,
-        refund_deadline=3 * s.refund_timeout + 10,
+        fraud_deadline=watchdog,
+        processing_deadline=watchdog,
+        refund_deadline=watchdog,
     )
 
 

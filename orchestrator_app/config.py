@@ -86,6 +86,10 @@ class Settings:
     breaker_reset_timeout: float = 60.0
     breaker_half_open_max_requests: int = 1
     auto_process: bool = True
+    #: Watchdog: a payment waiting longer than this in FRAUD_CHECK (→ MANUAL_REVIEW),
+    #: PROCESSING (→ retryable timeout) or for a refund answer. Far above the NATS timeouts:
+    #: it catches lost requests, and must not fire on an ordinary backlog.
+    watchdog_seconds: float = 300.0
     #: Concurrent NATS calls per worker, per downstream.
     fraud_concurrency: int = 64
     processor_concurrency: int = 64
@@ -264,6 +268,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BREAKER_RESET_TIMEOUT_SECONDS": ("breaker_reset_timeout", _positive_seconds),
     "BREAKER_HALF_OPEN_MAX_REQUESTS": ("breaker_half_open_max_requests", _positive_int),
     "AUTO_PROCESS": ("auto_process", _bool),
+    "WATCHDOG_SECONDS": ("watchdog_seconds", _positive_seconds),
     "FRAUD_CONCURRENCY": ("fraud_concurrency", _positive_int),
     "PROCESSOR_CONCURRENCY": ("processor_concurrency", _positive_int),
     "SINK_BATCH_SIZE": ("sink_batch_size", _positive_int),

@@ -11,8 +11,10 @@ What it does, in order (``python -m orchestrator_app.localrun --help`` for the o
 2. ``payment-orchestrator migrate``, then ``simulate`` and ``worker -l info`` as child
    processes, each in its own process group, logging into the stack's run directory;
 3. demo payments on ``payment.created`` at ``--rate`` per second, cycling through :data:`MIX`
-   so that every path of the simulator (``simulator.py``) shows up: completed, rejected,
-   manual review (after the fraud-check timeout), failed, and slow fraud checks;
+   so that every path of the saga shows up, picked with the simulator's id prefixes
+   (``simulator.py``): completed, rejected, manual review (after the fraud-check timeout),
+   slow fraud checks, a retried processor failure, and compensation (a declined card, and a
+   processor down until the retries run out);
 4. a banner with a state URL that answers, the metrics and health URLs and the logs, then a
    progress line every ~10 s (sent, and the states reached, read from ``/metrics``).
 
@@ -54,7 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator_app.devstack import Stack, StackError, free_port, tail
 
-__all__ = ["MIX", "OUTCOME", "demo_payment", "main", "payment_id"]
+__all__ = ["KINDS", "MIX", "OUTCOME", "demo_payment", "main", "payment_id"]
 
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
 DEFAULT_PORT = 8082
@@ -64,25 +66,31 @@ HEALTH_TIMEOUT_S = 120.0
 SERVICE_KEYS = ("KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL", "NATS_URL")
 
 #: One cycle of demo payments; payment n (1-based) is of kind MIX[(n - 1) % len(MIX)].
-#: Mostly normal; the others pick a path through the simulator's id-prefix rules.
+#: Mostly normal; the others pick a path through the simulator's id-prefix rules, and the
+#: first ten hold one of each kind.
 MIX: tuple[str, ...] = (
-    "normal", "normal", "fraud", "normal", "slow", "normal", "fail", "normal", "normal",
-    "noreply", "normal", "normal", "fraud", "normal", "slow", "normal", "fail", "normal",
+    "normal", "normal", "fraud", "normal", "slow", "flaky", "fail", "normal", "noreply",
+    "down", "normal", "normal", "fraud", "normal", "slow", "normal", "fail", "normal",
     "normal", "normal",
 )
-#: Where each kind ends with the default settings (FRAUD_CHECK_TIMEOUT_SECONDS=5).
-OUTCOME: dict[str, str] = {
-    "normal": "COMPLETED",        # approved, processed
-    "slow": "COMPLETED",          # fraud reply held 3 s (under the 5 s timeout), then approved
-    "fraud": "REJECTED",          # customer "fraud-…"
-    "noreply": "MANUAL_REVIEW",   # customer "noreply-…": no fraud reply, timeout after 5 s
-    "fail": "FAILED",             # merchant "fail-…": card declined, not retryable
+#: kind -> (customer prefix, merchant prefix, final state with the default settings, path).
+KINDS: dict[str, tuple[str, str, str, str]] = {
+    "normal": ("", "", "COMPLETED", "normal"),
+    "slow": ("slow-", "", "COMPLETED", "customers slow-… (fraud reply held 3 s)"),
+    "flaky": ("", "flaky-", "COMPLETED", "merchants flaky-… (1st attempt fails, retried)"),
+    "fraud": ("fraud-", "", "REJECTED", "customers fraud-…"),
+    "noreply": ("noreply-", "", "MANUAL_REVIEW",
+                "customers noreply-… (no fraud reply: 5 s timeout)"),
+    "fail": ("", "fail-", "COMPENSATED", "merchants fail-… (card declined)"),
+    "down": ("", "down-", "COMPENSATED", "merchants down-… (unavailable; retries exhausted)"),
 }
+#: Where each kind ends with the default settings (FRAUD_CHECK_TIMEOUT_SECONDS=5, 3 retries).
+OUTCOME: dict[str, str] = {kind: final for kind, (_, _, final, _) in KINDS.items()}
+#: States a demo payment stays in (FAILED is not one: a retry or compensation follows).
+SETTLED = ("COMPLETED", "REJECTED", "MANUAL_REVIEW", "COMPENSATED", "REFUNDED")
 _CURRENCIES = ("USD", "EUR", "GBP")
-#: States a demo payment stays in (FAILED: the demo's failures are not retryable).
-SETTLED = ("COMPLETED", "REJECTED", "MANUAL_REVIEW", "FAILED", "COMPENSATED", "REFUNDED")
 #: At most this many state lookups per progress line (they are cheap, but not free).
-LOOKUPS_PER_PROGRESS = 250
+LOOKUPS_PER_PROGRESS = 2000
 _TRANSITION_LINE = re.compile(
     r"^payment_state_transitions_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$", re.M)
 _TO_STATE = re.compile(r'to_state="([^"]*)"')
@@ -114,12 +122,9 @@ def demo_payment(tag: str, n: int, rng: random.Random) -> dict[str, Any]:
     the event with ``orchestrator_app.domain.codec.dumps`` so they stay exact JSON numbers.
     """
     kind = MIX[(n - 1) % len(MIX)]
-    customer = f"cust-{rng.randint(1, 500):03d}"
-    merchant = f"merchant-{rng.randint(1, 40):02d}"
-    if kind in ("fraud", "noreply", "slow"):
-        customer = f"{kind}-{customer}"
-    elif kind == "fail":
-        merchant = f"fail-{merchant}"
+    customer_prefix, merchant_prefix, _, _ = KINDS[kind]
+    customer = f"{customer_prefix}cust-{rng.randint(1, 500):03d}"
+    merchant = f"{merchant_prefix}merchant-{rng.randint(1, 40):02d}"
     return {
         "payment_id": payment_id(tag, n),
         "amount": Decimal(rng.randint(100, 250_000)).scaleb(-2),  # 1.00 … 2500.00, exact
@@ -201,20 +206,42 @@ def spawn(name: str, args: list[str], env: dict[str, str], run_dir: Path) -> Chi
     return Child(name, proc, log_path, time.monotonic())
 
 
+def _exited_unreaped(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to `timeout` for proc to exit WITHOUT reaping it (True: it exited).
+
+    While an exited leader is not reaped its pid, and so its process-group id, cannot be
+    given to another process: signalling the group then never hits a stranger (pids wrap
+    around quickly on a busy machine).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        except ChildProcessError:  # already reaped
+            return True
+        if info is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def stop_children(children: list[Child], grace: float = CHILD_STOP_GRACE_S) -> None:
-    """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds."""
+    """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds.
+
+    A group is signalled only while its leader is ours and not yet reaped (returncode None).
+    """
     for child in children:
         if child.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for child in children:
-        try:
-            child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            say(f"run: {child.name} did not stop in {grace:.0f}s; killing it")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.proc.pid, signal.SIGKILL)  # anything left in its group
+        if child.proc.returncode is None:
+            if not _exited_unreaped(child.proc, max(0.0, deadline - time.monotonic())):
+                say(f"run: {child.name} did not stop in {grace:.0f}s; killing it")
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.proc.pid, signal.SIGKILL)  # anything left in its group
         child.proc.wait()
 
 
@@ -247,12 +274,12 @@ class LocalRun:
         self.port = DEFAULT_PORT
         self.tag = uuid.uuid4().hex[:6]
         self.sent = 0
-        self.delivered = 0
         self.send_errors = 0
         self.outcomes: Counter[str] = Counter()
         self.unsettled: deque[int] = deque()  # demo payment numbers not seen settled yet
         self._unsettled_upto = 0
         self._sent_at_last_progress = 0
+        self._metrics_broken = False
 
     # -- helpers --------------------------------------------------------------------------
     def check(self) -> None:
@@ -361,11 +388,12 @@ class LocalRun:
                     raise Failed(f"the worker did not create {topic} within 60s")
                 await asyncio.sleep(0.2)
             limit = self.args.payments
+            share = Counter(MIX)
             say(f"run: sending demo payments to {topic} at {self.args.rate:g}/s"
-                + (f", {limit} in all" if limit else "") + f" (ids {payment_id(self.tag, 1)}, "
-                "…): mostly normal → COMPLETED, customers fraud-… → REJECTED, noreply-… → "
-                "MANUAL_REVIEW (after the 5 s fraud timeout), slow-… (3 s hold) → COMPLETED, "
-                "merchants fail-… → FAILED")
+                + (f", {limit} in all" if limit else "")
+                + f" (ids {payment_id(self.tag, 1)}, …):")
+            for kind, (_, _, final, desc) in KINDS.items():
+                say(f"       {share[kind] * 100 // len(MIX):3d} % {desc} → {final}")
             # Banner and progress run beside the sender, so their HTTP calls never delay it.
             helpers = [asyncio.ensure_future(self._banner()),
                        asyncio.ensure_future(self._progress_loop())]
@@ -391,9 +419,8 @@ class LocalRun:
             if fut.cancelled() or fut.exception() is not None:
                 self.send_errors += 1
                 if self.send_errors <= 3:
-                    say(f"run: a demo payment was not delivered: {fut.exception()!r}")
-            else:
-                self.delivered += 1
+                    error = "cancelled" if fut.cancelled() else repr(fut.exception())
+                    say(f"run: a demo payment was not delivered: {error}")
 
         while True:
             self.check()
@@ -448,11 +475,15 @@ class LocalRun:
 
     def _metrics_counts(self) -> Counter[str] | None:
         """Transitions into each state from /metrics, or None if it does not answer."""
+        if self._metrics_broken:
+            return None
         try:
             status, body = http_get(self.url("/metrics"), timeout=2.0)
         except OSError:
             return None
-        if status != 200:
+        if status != 200:  # an error page, not a busy worker: do not ask again this run
+            self._metrics_broken = True
+            say(f"run: {self.url('/metrics')} answered {status}; counting from the state API")
             return None
         counts: Counter[str] = Counter()
         for m in _TRANSITION_LINE.finditer(body.decode(errors="replace")):
