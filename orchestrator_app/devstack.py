@@ -448,9 +448,10 @@ class Stack:
                     c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     self.log(f"devstack: {c.name} did not stop in {STOP_GRACE_S:.0f}s; killing")
-                # The leader is gone (or stuck): kill whatever is left in its group.
-                _signal_group(c.proc.pid, signal.SIGKILL)
-                c.proc.wait()
+                    # Only while the leader is alive (not yet reaped) is its pid surely
+                    # still our group's id; after that the number may belong to another.
+                    _signal_group(c.proc.pid, signal.SIGKILL)
+                    c.proc.wait()
             for d in self._data_dirs:
                 shutil.rmtree(d, ignore_errors=True)
             self._data_dirs = []
