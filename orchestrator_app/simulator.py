@@ -34,6 +34,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from orchestrator_app.domain import codec
 
@@ -129,8 +130,11 @@ class Simulator:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self.nc is not None:
-            await self.nc.drain()
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), timeout=2)
+            except (TimeoutError, NatsError):
+                await self.nc.close()
 
     def _later(self, msg: Msg, reply: dict[str, Any] | None, delay: float) -> None:
         """Answer without blocking the subscription (callbacks run one at a time)."""
