@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_app import metrics
+from orchestrator_app import metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.config import Settings
 from orchestrator_app.deadletter import dead_letter
@@ -92,6 +92,7 @@ def handle_command(command: Command) -> Outcome:
 
     if outcome.status in (Status.APPLIED, Status.DUPLICATE) and outcome.payment is not None:
         _store_timer(outcome)
+    pending.resolve(command.command_id, outcome.status is not Status.REJECTED, outcome.reason)
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     for event in outcome.events:
         state_changed.send_soon(key=event.payment_id, value=event.dumps())

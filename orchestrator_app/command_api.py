@@ -15,6 +15,7 @@ Every endpoint is ``POST /payments/{id}/<action>`` and goes through the same ste
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -29,7 +30,7 @@ from faust import web
 from yarl import URL
 
 from agents.saga import POLICY  # the saga's own policy: the dry run must match it
-from orchestrator_app import metrics
+from orchestrator_app import metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.clients.redis import REDIS_ERRORS, IdempotencyRecord
 from orchestrator_app.domain import codec
@@ -59,6 +60,11 @@ ACTIONS: dict[str, CommandKind] = {
     "process": CommandKind.START_PROCESSING,
 }
 MAX_BODY = 16 * 1024
+#: How long the handler waits for the saga's verdict before answering 202 anyway.
+VERDICT_WAIT = 5.0
+#: A claimed Idempotency-Key whose answer was never recorded (the replica died) frees up
+#: after this long; answered keys are kept IDEMPOTENCY_TTL_SECONDS.
+CLAIM_TTL = 60
 FORWARDED = "X-Orchestrator-Forwarded"
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
@@ -236,7 +242,7 @@ async def _handle_here(view: web.View, request: web.Request, payment_id: str, ac
     print_ = fingerprint(action, payment_id, body)
     ttl = settings.idempotency_ttl
     try:
-        existing = await redis_client.idempotency_begin(client, key, print_, ttl)
+        existing = await redis_client.idempotency_begin(client, key, print_, CLAIM_TTL)
     except REDIS_ERRORS:
         raise ApiError(503, "unavailable", "idempotency store unavailable; retry",
                        {"Retry-After": "1"}) from None
@@ -257,12 +263,16 @@ async def _handle_here(view: web.View, request: web.Request, payment_id: str, ac
     except BaseException:
         await redis_client.idempotency_release(client, key)
         raise
-    if status >= 500:
-        await redis_client.idempotency_release(client, key)
-    else:
-        text = codec.dumps(payload).decode()
-        await redis_client.idempotency_finish(
-            client, key, IdempotencyRecord(print_, status, text), ttl)
+    try:
+        if status >= 500:
+            await redis_client.idempotency_release(client, key)
+        else:
+            text = codec.dumps(payload).decode()
+            await redis_client.idempotency_finish(
+                client, key, IdempotencyRecord(print_, status, text), ttl)
+    except REDIS_ERRORS:
+        # The command's fate is decided; the claim expires on its own (CLAIM_TTL).
+        log.warning("could not record an Idempotency-Key answer; Redis unreachable")
     return _reply(view, status, payload, headers)
 
 
@@ -287,13 +297,27 @@ async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client
     if outcome.status is not Status.APPLIED:
         return 409, {"error": "invalid_transition", "message": outcome.reason,
                      "payment_id": payment_id, "current_state": payment.state}, {}
+    verdict = pending.register(command.command_id)
     try:
         sent = await commands.send(key=payment_id, value=command)
         await sent  # acknowledged by the broker
     except Exception:
+        verdict.cancel()
         log.exception("could not put a %s command on the commands topic", action)
         return 503, {"error": "unavailable", "message": "could not queue the command; retry"}, {
             "Retry-After": "1"}
+    # The saga applying it runs in this process: wait (briefly) for its verdict, so a
+    # command that lost a race with another one is answered 409, not accepted and dropped.
+    try:
+        applied, reason = await asyncio.wait_for(asyncio.shield(verdict), VERDICT_WAIT)
+    except TimeoutError:
+        verdict.cancel()
+        applied, reason = True, ""  # queued; the saga will apply or refuse it
+    if not applied:
+        current = payments.get(payment_id)
+        return 409, {"error": "invalid_transition", "message": reason,
+                     "payment_id": payment_id,
+                     "current_state": current.state if current else payment.state}, {}
     log.info("accepted %s for a payment from %s", action, client)
     return 202, {"status": "accepted", "action": action, "payment_id": payment_id,
                  "command_id": command.command_id, "current_state": payment.state}, {

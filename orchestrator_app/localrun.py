@@ -60,6 +60,8 @@ __all__ = ["KINDS", "MIX", "OUTCOME", "demo_payment", "main", "payment_id"]
 
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
 DEFAULT_PORT = 8082
+#: The command API token `make run` uses unless API_TOKEN is set (local demos only).
+DEMO_TOKEN = "local-demo-token-change-me"
 CHILD_STOP_GRACE_S = 20.0
 PROGRESS_EVERY_S = 10.0
 HEALTH_TIMEOUT_S = 120.0
@@ -272,6 +274,7 @@ class LocalRun:
         self.children: list[Child] = []
         self.data_dir: Path | None = None
         self.port = DEFAULT_PORT
+        self.api_token = DEMO_TOKEN
         self.tag = uuid.uuid4().hex[:6]
         self.sent = 0
         self.send_errors = 0
@@ -327,6 +330,9 @@ class LocalRun:
         self.data_dir = stack.run_dir / "worker-data"
         env.update(PORT=str(self.port), DATA_DIR=str(self.data_dir), WEB_HOST="127.0.0.1",
                    WEB_BIND=bind, PYTHONUNBUFFERED="1")
+        # The command API needs a token; a fixed, documented one for local use only.
+        env.setdefault("API_TOKEN", DEMO_TOKEN)
+        self.api_token = env["API_TOKEN"].split(",")[0]
 
         say("run: payment-orchestrator migrate")
         with open(stack.run_dir / "migrate.log", "ab") as out:
@@ -541,6 +547,10 @@ class LocalRun:
         say(f"  state:   {state_url}")
         say(f"  metrics: {self.url('/metrics')}")
         say(f"  health:  {self.url('/health')}")
+        say(f"  list:    {self.url('/payments?limit=5')}")
+        token = "$API_TOKEN" if self.api_token != DEMO_TOKEN else DEMO_TOKEN
+        say(f"  command: curl -X POST -H 'Authorization: Bearer {token}' "
+            f"{self.url('/payments/<id>/refund')}")
         say(f"  logs:    {self.stack.run_dir}/  ({logs})")
         say("Ctrl-C stops everything started here.")
         say("=" * 78)

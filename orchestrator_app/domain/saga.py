@@ -131,12 +131,15 @@ def apply(
             return _create(command, now, policy)
         return Outcome(Status.REJECTED, None, reason="unknown payment")
 
+    if command.kind == CommandKind.CREATE:
+        # Conflict first: every create of a payment has the same id, whatever its terms.
+        outcome = _second_create(payment, command)
+        if outcome.status is Status.CONFLICT or command.command_id not in payment.applied:
+            return outcome
+
     if command.command_id in payment.applied:
         first, last = payment.applied[command.command_id]
         return _duplicate(payment, first, last)
-
-    if command.kind == CommandKind.CREATE:
-        return _second_create(payment, command)
 
     if command.expected_version and command.expected_version != payment.version:
         return Outcome(
@@ -322,8 +325,11 @@ def _on_refund_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _
     if c.success is None:
         return _refuse(p, "refund result without 'success'")
     if c.success:
+        asked = {k: v for k, v in p.metadata.items()
+                 if k in ("refund_requested_at", "refund_requested_by", "refund_reason")}
         refunded = _transition(p, Trigger.REFUND_CONFIRMED, now,
-                               {"refund_id": c.refund_id or "", "refunded_at": now}, policy)
+                               {"refund_id": c.refund_id or "", "refunded_at": now, **asked},
+                               policy)
         if isinstance(refunded, Outcome):
             return refunded
         return _replace(refunded, refund_pending=False)

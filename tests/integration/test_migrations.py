@@ -16,11 +16,11 @@ import asyncpg
 import pytest
 
 from orchestrator_app.schema import MIGRATIONS_DIR, MigrationError, discover, migrate
-
-ALL = [m.path.name for m in discover()]
 from tests.workers import CLI
 
 pytestmark = pytest.mark.integration
+
+ALL = [m.path.name for m in discover()]
 
 
 @pytest.fixture
