@@ -22,6 +22,7 @@ from orchestrator_app.domain.records import Command, CommandKind, FraudCheckRequ
 from orchestrator_app.domain.replies import fraud_result, fraud_unavailable, fraud_wire_body
 from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.resources import nats_client
+from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, fraud_requests
 
 __all__ = ["FRAUD_SUBJECT", "check_fraud", "fraud_check"]
@@ -63,5 +64,8 @@ def _now() -> str:
 @app.agent(fraud_requests, concurrency=settings.fraud_concurrency)
 async def fraud_check(stream: Any) -> None:
     async for request in stream:
-        command = await check_fraud(request)
+        with tracer.start_as_current_span("nats fraud.check") as span:
+            span.set_attribute("payment.id", request.payment_id)
+            command = await check_fraud(request)
+            span.set_attribute("command.kind", command.kind)
         commands.send_soon(key=command.payment_id, value=command)

@@ -22,6 +22,7 @@ from orchestrator_app.domain.records import Command, Operation, ProcessRequest
 from orchestrator_app.domain.replies import process_failure, process_result, process_wire_body
 from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.resources import nats_client
+from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, processor_requests
 
 __all__ = ["PROCESS_SUBJECT", "REFUND_SUBJECT", "process_payment", "processor"]
@@ -67,5 +68,9 @@ def _now() -> str:
 @app.agent(processor_requests, concurrency=settings.processor_concurrency)
 async def processor(stream: Any) -> None:
     async for request in stream:
-        command = await process_payment(request)
+        with tracer.start_as_current_span(f"nats payment.{request.operation}") as span:
+            span.set_attribute("payment.id", request.payment_id)
+            span.set_attribute("payment.attempt", request.attempt)
+            command = await process_payment(request)
+            span.set_attribute("result.success", bool(command.success))
         commands.send_soon(key=command.payment_id, value=command)

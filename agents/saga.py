@@ -19,6 +19,7 @@ from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.policies import RetryPolicy
 from orchestrator_app.domain.records import Command
 from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, format_timestamp
+from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import (
     commands,
     fraud_requests,
@@ -127,5 +128,9 @@ def _store_timer(outcome: Outcome) -> None:
 @app.agent(commands)
 async def saga(stream: Any) -> None:
     async for command in stream:
-        handle_command(command)
+        with tracer.start_as_current_span("saga.apply") as span:
+            outcome = handle_command(command)
+            span.set_attribute("payment.id", command.payment_id)
+            span.set_attribute("command.kind", command.kind)
+            span.set_attribute("command.status", outcome.status.value)
         metrics.messages_processed.labels(topic="orchestrator-commands").inc()

@@ -64,3 +64,12 @@ async def set_log_levels() -> None:
     for name in ("faust", "mode", "aiokafka", "kafka", "aiohttp", "nats"):
         logging.getLogger(name).setLevel(max(quiet, logging.WARNING)
                                          if name in ("aiokafka", "kafka") else quiet)
+
+
+@app.task
+async def start_tracing() -> None:
+    """Export traces when JAEGER_ENDPOINT is set (OTLP over HTTP)."""
+    if settings.jaeger_endpoint:
+        from orchestrator_app.telemetry import setup_tracing
+
+        setup_tracing(settings.jaeger_endpoint)
