@@ -75,7 +75,11 @@ class CircuitBreaker:
         """Seconds until calls may go out again (0 when they may now)."""
         if self._opened_at is None:
             return 0.0
-        return max(0.0, self._opened_at + self.reset_timeout - now)
+        remaining = self._opened_at + self.reset_timeout - now
+        if remaining <= 0 and self._trials >= self.half_open_max:
+            # Half-open with every trial slot taken: calls are still refused.
+            return self.reset_timeout
+        return max(0.0, remaining)
 
     def record_success(self, now: float) -> None:
         self._failures = 0

@@ -12,6 +12,7 @@ number). The timer agent turns a due timer into a TIMER command; a stale one is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ __all__ = [
     "state_changed",
     "timer_of",
 ]
+
+
+#: The longest wait a processor's ``retry_after`` can impose.
+MAX_WAIT = 3600.0
 
 
 class Status(StrEnum):
@@ -238,7 +243,7 @@ def _fail(
     kind: TimerKind | None = None
     delay = 0.0
     if retry_after is not None and retryable:
-        kind, delay = TimerKind.CIRCUIT_WAIT, max(retry_after, 0.1)
+        kind, delay = TimerKind.CIRCUIT_WAIT, _wait(retry_after)
     elif policy.retry.should_retry(p.retry_count, retryable):
         kind, delay = TimerKind.RETRY, policy.retry.delay(p.retry_count + 1)
     if kind is not None:
@@ -333,6 +338,8 @@ def _on_refund_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _
         if isinstance(refunded, Outcome):
             return refunded
         return _replace(refunded, refund_pending=False)
+    if p.timer_kind != TimerKind.REFUND_DEADLINE:
+        return _refuse(p, f"refund attempt {c.attempt} already timed out")
     return _refund_failed(p, c.error_code or "refund_error", c.error_message or "",
                           bool(c.retryable), c.retry_after, now, policy)
 
@@ -345,13 +352,14 @@ def _refund_failed(
     metadata = {**p.metadata, "refund_error_code": code, "refund_error_message": message[:500]}
     if retry_after is not None and retryable:
         waiting = _replace(p, metadata=metadata)
-        return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + max(retry_after, 0.1))
+        return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + _wait(retry_after))
     if policy.retry.should_retry(p.refund_retries, retryable):
         waiting = _replace(p, metadata=metadata, refund_retries=p.refund_retries + 1)
         delay = policy.retry.delay(p.refund_retries + 1)
         return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + delay)
     # Given up: the payment stays COMPLETED; operations are alerted (notifications_for).
     metadata["refund_status"] = "failed"
+    metadata["refund_failed_at"] = now
     return _clear_timer(_replace(p, metadata=metadata, refund_pending=False))
 
 
@@ -409,6 +417,13 @@ def _step(
     if target is State.PROCESSING:
         return _set_timer(moved, TimerKind.DEADLINE, epoch(now) + policy.processing_deadline)
     return moved
+
+
+def _wait(retry_after: float) -> float:
+    """A wait the processor asked for, bounded: never negative, never absurd."""
+    if not math.isfinite(retry_after):
+        return MAX_WAIT
+    return min(max(retry_after, 0.1), MAX_WAIT)
 
 
 def _set_timer(payment: Payment, kind: TimerKind, due: float) -> Payment:
@@ -523,7 +538,7 @@ def _refund_failed_alert(payment: Payment) -> Notification:
         reason=f"refund failed: {meta.get('refund_error_code')} "
                f"{meta.get('refund_error_message', '')}".strip(),
         error_code=meta.get("refund_error_code"),
-        created_at=payment.updated_at,
+        created_at=meta.get("refund_failed_at", payment.updated_at),
     )
 
 
