@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -9,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_app.domain import codec
 from tests.workers import WorkerProcess
@@ -75,3 +77,27 @@ def wait_for_states(
 
 def states(history: Iterable[dict[str, Any]]) -> list[str]:
     return [entry["state"] for entry in history]
+
+
+async def await_states(
+    worker: WorkerProcess, expected: dict[str, str], timeout: float = 60.0
+) -> dict[str, dict[str, Any]]:
+    """`wait_for_states` without blocking the test's event loop."""
+    return await asyncio.to_thread(wait_for_states, worker, expected, timeout)
+
+
+def metric_samples(worker: WorkerProcess, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of one metric on the worker's /metrics, by sorted label items."""
+    status, body = worker.get("/metrics")
+    assert status == 200, body[:500]
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
+    """One sample of the worker's /metrics (0 when absent)."""
+    return metric_samples(worker, name).get(tuple(sorted(labels.items())), 0.0)

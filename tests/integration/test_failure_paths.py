@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.kafka_util import produce, read_until
-from tests.saga_util import created_event, get_state, states, wait_for_states
+from tests.saga_util import created_event, get_state, metric, states, wait_for_states
 from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -25,12 +24,6 @@ Spawn = Callable[..., WorkerProcess]
 Sim = Callable[..., SimulatorProcess]
 
 
-def metric(worker: WorkerProcess, name: str, labels: str = "") -> float:
-    status, body = worker.get("/metrics")
-    assert status == 200
-    pattern = re.compile(rf"^{re.escape(name)}(\{{{re.escape(labels)}\}})? (\S+)$", re.M)
-    match = pattern.search(body.decode())
-    return float(match.group(2)) if match else 0.0
 
 
 async def test_automatic_retry_succeeds_on_the_second_attempt(
@@ -47,7 +40,7 @@ async def test_automatic_retry_succeeds_on_the_second_attempt(
     assert states(body["history"]) == [
         "NEW", "FRAUD_CHECK", "APPROVED", "PROCESSING", "FAILED", "RETRY", "PROCESSING",
         "COMPLETED"]
-    assert metric(worker, "payment_retries_total", 'state="FAILED"') == 1.0
+    assert metric(worker, "payment_retries_total", state="FAILED") == 1.0
 
     records = await read_until(
         kafka_brokers, f"{env['TOPIC_PREFIX']}payment.state.changed",
@@ -139,8 +132,7 @@ async def test_fraud_breaker_opens_then_closes(
     spawn_simulator()
     worker = spawn_worker(env)
     worker.wait_healthy()
-    fraud = 'service="fraud"'
-    assert metric(worker, "payment_circuit_breaker_state", fraud) == 0.0
+    assert metric(worker, "payment_circuit_breaker_state", service="fraud") == 0.0
     run = uuid.uuid4().hex[:8]
 
     silent = [f"silent-{run}-{i}" for i in range(2)]
@@ -149,7 +141,7 @@ async def test_fraud_breaker_opens_then_closes(
     bodies = await asyncio.to_thread(
         wait_for_states, worker, dict.fromkeys(silent, "MANUAL_REVIEW"), 30.0)
     assert all(b["metadata"]["review_reason"] == "fraud check timed out" for b in bodies.values())
-    assert metric(worker, "payment_circuit_breaker_state", fraud) == 1.0  # open
+    assert metric(worker, "payment_circuit_breaker_state", service="fraud") == 1.0  # open
 
     while_open = f"open-{run}"
     await produce(kafka_brokers, topic, [(while_open.encode(), created_event(while_open, "2"))])
@@ -161,6 +153,6 @@ async def test_fraud_breaker_opens_then_closes(
     after = f"after-{run}"
     await produce(kafka_brokers, topic, [(after.encode(), created_event(after, "3"))])
     await asyncio.to_thread(wait_for_states, worker, {after: "COMPLETED"}, 20.0)
-    assert metric(worker, "payment_circuit_breaker_state", fraud) == 0.0  # closed
+    assert metric(worker, "payment_circuit_breaker_state", service="fraud") == 0.0  # closed
     status, _ = get_state(worker, after)
     assert status == 200

@@ -20,11 +20,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
-from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_app.domain import codec
 from tests.kafka_util import read_until
-from tests.saga_util import partition_of
+from tests.saga_util import await_states, get_state, metric_samples, partition_of
 from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -64,41 +63,10 @@ async def send_each(
         await producer.stop()
 
 
-def get_json(worker: WorkerProcess, path: str) -> tuple[int, Any]:
-    """(status, decoded JSON); a body that is not JSON (e.g. a start-up 500) as bytes."""
-    try:
-        status, body = worker.get(path)
-    except OSError as exc:
-        return 0, repr(exc)
-    try:
-        return status, codec.loads(body)
-    except ValueError:
-        return status, body
 
 
-async def wait_state(
-    worker: WorkerProcess, pid: str, state: str, timeout: float = 30.0
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        status, last = await asyncio.to_thread(get_json, worker, f"/payments/{pid}/state")
-        if status == 200 and last["current_state"] == state:
-            return dict(last)
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{pid} not {state} after {timeout}s: {last}\n{worker.log_tail()}")
 
 
-def metric_samples(worker: WorkerProcess, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Samples of one metric on the worker's /metrics, by sorted label items."""
-    status, body = worker.get("/metrics")
-    assert status == 200
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            if sample.name == name:
-                out[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
 
 
 def dead_letter_counts(worker: WorkerProcess) -> dict[str, float]:
@@ -238,7 +206,7 @@ async def test_bad_inputs_are_dead_lettered_and_the_stream_moves_on(
         set(range(4)), "bad and good records on every partition"
 
     for pid in good:
-        body = await wait_state(worker, pid, "COMPLETED")
+        body = (await await_states(worker, {pid: "COMPLETED"}))[pid]
         assert [h["state"] for h in body["history"]] == COMPLETED_PATH
 
     records = await read_until(kafka_brokers, dlq, lambda rs: len(rs) >= len(bad), 30)
@@ -310,7 +278,7 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
     # A: created, completed, sunk; then the conflicting and the identical ones arrive.
     original_a = codec.dumps(created(a))
     await send_each(kafka_brokers, topic, [(a.encode(), original_a)])
-    await wait_state(worker, a, "COMPLETED")
+    (await await_states(worker, {a: "COMPLETED"}))[a]
     await wait_sunk(url, a, 5)
     api_before = worker.get(f"/payments/{a}/state")
     states_before = await state_row(url, a)
@@ -332,7 +300,7 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
 
     expected_letters = 1 + len(metas_a_conflicts)
     records = await read_until(kafka_brokers, dlq, lambda rs: len(rs) >= expected_letters, 20)
-    await wait_state(worker, b, "COMPLETED")
+    (await await_states(worker, {b: "COMPLETED"}))[b]
     await asyncio.sleep(1.0)
     records = await read_until(kafka_brokers, dlq, lambda rs: len(rs) >= expected_letters, 10)
     letters = decode_dlq(records)
@@ -393,7 +361,7 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
         assert (row["amount"], row["currency"], row["customer_id"], row["merchant_id"],
                 row["current_state"], row["version"]) == \
             (amount, "USD", "customer-123", "merchant-456", "COMPLETED", 5)
-        status, body = get_json(worker, f"/payments/{pid}/state")
+        status, body = get_state(worker, pid)
         assert status == 200
         assert [h["state"] for h in body["history"]] == COMPLETED_PATH
 

@@ -23,12 +23,12 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka.structs import ConsumerRecord
-from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_app.devstack import Stack, postgres_bindir, tail
 from orchestrator_app.domain import codec
 from orchestrator_app.schema import migrate
 from tests.kafka_util import produce, read_until
+from tests.saga_util import await_states, metric
 from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -51,48 +51,10 @@ def created(pid: str, amount: Decimal, **overrides: Any) -> bytes:
     return codec.dumps(event)
 
 
-def get_json(worker: WorkerProcess, path: str) -> tuple[int, Any]:
-    try:
-        status, body = worker.get(path)
-    except OSError as exc:
-        return 0, repr(exc)
-    try:
-        return status, codec.loads(body)
-    except ValueError:
-        return status, body
 
 
-async def wait_states(
-    worker: WorkerProcess, expected: dict[str, str], timeout: float = 30.0
-) -> dict[str, dict[str, Any]]:
-    """Poll GET /payments/{id}/state until every payment is in its expected state."""
-    deadline = time.monotonic() + timeout
-    done: dict[str, dict[str, Any]] = {}
-    last: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        for pid, state in expected.items():
-            if pid not in done:
-                status, body = await asyncio.to_thread(get_json, worker, f"/payments/{pid}/state")
-                last[pid] = (status, body)
-                if status == 200 and body["current_state"] == state:
-                    done[pid] = body
-        if len(done) == len(expected):
-            return done
-        await asyncio.sleep(0.2)
-    missing = {pid: last.get(pid) for pid in expected if pid not in done}
-    raise AssertionError(f"not in the expected state after {timeout}s: {missing}\n"
-                         f"{worker.log_tail(30)}")
 
 
-def metric(worker: WorkerProcess, name: str) -> float:
-    """An unlabelled sample of the worker's /metrics (0 when absent)."""
-    status, body = worker.get("/metrics")
-    assert status == 200, body[:500]
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            if sample.name == name and not sample.labels:
-                return float(sample.value)
-    return 0.0
 
 
 async def wait_metric(worker: WorkerProcess, name: str, at_least: float,
@@ -194,7 +156,7 @@ async def test_redelivered_state_changes_change_nothing(
     await produce(kafka_brokers, env["TOPIC_PREFIX"] + "payment.created",
                   [(pid.encode(), created(pid, Decimal(f"{10 + i}.25")))
                    for i, pid in enumerate(pids)])
-    await wait_states(worker, dict.fromkeys(pids, "COMPLETED"))
+    await await_states(worker, dict.fromkeys(pids, "COMPLETED"))
     final = dict.fromkeys(pids, len(COMPLETED_PATH))
     await wait_sunk(url, final)
 
@@ -255,7 +217,7 @@ async def test_amounts_are_stored_exactly(
         assert f'"amount":{amount},'.encode() in raw
         items.append((pid.encode(), raw))
     await produce(kafka_brokers, env["TOPIC_PREFIX"] + "payment.created", items)
-    await wait_states(worker, {pid: path[-1] for pid, (_, path) in cases.items()})
+    await await_states(worker, {pid: path[-1] for pid, (_, path) in cases.items()})
     await wait_sunk(migrated_database_url,
                     {pid: len(path) for pid, (_, path) in cases.items()})
     states, _ = await fetch_rows(migrated_database_url, list(cases))
@@ -395,7 +357,7 @@ async def test_database_outage_stops_nothing_and_the_sink_catches_up(
     before = [f"outage-{run}-up-{i}" for i in range(2)]
     await produce(kafka_brokers, created_topic,
                   [(p.encode(), created(p, Decimal("20.5"))) for p in before])
-    await wait_states(worker, dict.fromkeys(before, "COMPLETED"))
+    await await_states(worker, dict.fromkeys(before, "COMPLETED"))
     await wait_sunk(url, dict.fromkeys(before, 5))
     rows_before = await fetch_rows(url, before)
 
@@ -406,7 +368,7 @@ async def test_database_outage_stops_nothing_and_the_sink_catches_up(
     amounts = {p: Decimal(f"{i + 1}.0{i}") for i, p in enumerate(during)}
     await produce(kafka_brokers, created_topic,
                   [(p.encode(), created(p, amounts[p])) for p in during])
-    bodies = await wait_states(worker, dict.fromkeys(during, "COMPLETED"))
+    bodies = await await_states(worker, dict.fromkeys(during, "COMPLETED"))
     moved_in = time.monotonic() - down_at
     for body in bodies.values():
         assert [h["state"] for h in body["history"]] == COMPLETED_PATH
