@@ -144,8 +144,23 @@ def kafka_cluster_id() -> str:
             return cid
 
 
+def _pgserver_bindir() -> Path | None:
+    """The PostgreSQL binaries the `pgserver` wheel ships (a machine with only Python)."""
+    try:
+        import pgserver  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    bindir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return bindir if (bindir / "postgres").exists() else None
+
+
 def postgres_bindir(log: Log) -> Path:
-    """Newest Debian server install, else PATH, else apt-get install (root only)."""
+    """POSTGRES_BINDIR if set, else the newest Debian server install or one on PATH, else
+    the binaries of the `pgserver` wheel, else apt-get install (root only)."""
+    override = os.environ.get("POSTGRES_BINDIR")
+    if override:
+        return Path(override)
+
     def newest() -> Path | None:
         dirs = [Path(d) for d in glob.glob("/usr/lib/postgresql/*/bin")
                 if (Path(d) / "postgres").exists()]
@@ -155,7 +170,7 @@ def postgres_bindir(log: Log) -> Path:
         initdb = shutil.which("initdb")
         return Path(initdb).parent if initdb else None
 
-    found = newest()
+    found = newest() or _pgserver_bindir()
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         log("devstack: PostgreSQL not found; installing Debian's `postgresql` with apt-get")
         # Keep the package from creating and starting a 'main' cluster we would not own.
