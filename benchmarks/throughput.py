@@ -84,7 +84,12 @@ async def run(brokers: str, prefix: str, payments: int) -> float:
     return elapsed
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: stop what we started
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = argparse.ArgumentParser()
     parser.add_argument("--payments", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
