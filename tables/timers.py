@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import heapq
 
-from orchestrator_app.app import app, settings
 from orchestrator_app.domain.records import Timer
+from tables.keyed import payment_keyed_table
 
 __all__ = ["DueIndex", "due_index", "timers"]
 
-timers = app.Table(
-    "timers",
-    key_type=str,
-    value_type=Timer,
-    partitions=settings.topic_partitions,
-    help="Pending retry / deadline timer per payment.",
+timers = payment_keyed_table(
+    "timers", Timer, "Pending retry / deadline timer per payment."
 )
-# Raw keys, co-partitioned with the commands topic (see tables/payments.py).
-timers.key_serializer = "raw"
-timers.changelog_topic = timers.changelog_topic.derive(key_serializer="raw")
 
 
 class DueIndex:
