@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import faust
 import nats
@@ -38,9 +39,14 @@ class NatsClient(faust.Service):
         self._name = name
         self._nc: Client | None = None
         self._connecting = asyncio.Lock()
+        self._connect_task: asyncio.Future[Client] | None = None
+        self._last_error_log = 0.0
 
     async def on_start(self) -> None:
-        await self.connect()
+        # In the background: a NATS that is down must not keep the worker from starting
+        # (the state API still answers). Requests wait for the connection meanwhile, so
+        # fraud checks and processing queue up instead of failing.
+        self._connect_task = asyncio.ensure_future(self.connect())
 
     async def connect(self) -> Client:
         """Connect once; agents may call before Faust starts this service (it starts late)."""
@@ -57,11 +63,29 @@ class NatsClient(faust.Service):
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             connect_timeout=5,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
         log.info("connected to NATS")
         return nc
 
+    async def _on_error(self, exc: Exception) -> None:
+        """One line, at most every 10 s (nats-py would log a traceback per attempt)."""
+        now = time.monotonic()
+        if now - self._last_error_log >= 10:
+            self._last_error_log = now
+            log.warning("NATS: %s: %s", exc.__class__.__name__, exc)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS disconnected; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("NATS reconnected")
+
     async def on_stop(self) -> None:
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()

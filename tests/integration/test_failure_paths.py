@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator_app.devstack import find_exe, free_port
 from tests.kafka_util import produce, read_until
 from tests.saga_util import created_event, get_state, metric, states, wait_for_states
 from tests.workers import SimulatorProcess, WorkerProcess
@@ -156,3 +160,41 @@ async def test_fraud_breaker_opens_then_closes(
     assert metric(worker, "payment_circuit_breaker_state", service="fraud") == 0.0  # closed
     status, _ = get_state(worker, after)
     assert status == 200
+
+
+async def test_payments_wait_for_nats_and_finish_when_it_comes_up(
+    kafka_brokers: str, worker_env: Env, spawn_worker: Spawn, tmp_path: Path,
+) -> None:
+    """NATS down when the worker starts: it still starts, payments queue in FRAUD_CHECK
+    (nothing fails, nothing is lost) and finish once NATS and a fraud service are up."""
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    env = worker_env(kafka_brokers, NATS_URL=url)
+    worker = spawn_worker(env)
+    worker.wait_healthy()
+    pid = f"no-nats-{uuid.uuid4().hex[:8]}"
+    await produce(kafka_brokers, f"{env['TOPIC_PREFIX']}payment.created",
+                  [(pid.encode(), created_event(pid, "9.99"))])
+    await asyncio.to_thread(wait_for_states, worker, {pid: "FRAUD_CHECK"}, 30.0)
+    await asyncio.sleep(2)
+    status, body = get_state(worker, pid)
+    assert status == 200 and body["current_state"] == "FRAUD_CHECK", body
+
+    nats_bin = find_exe("nats-server")
+    assert nats_bin is not None
+    with (tmp_path / "nats.log").open("wb") as log:
+        server = subprocess.Popen([nats_bin, "-a", "127.0.0.1", "-p", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    simulator = None
+    try:
+        simulator = SimulatorProcess(url, tmp_path / "late-simulator.log")
+        simulator.wait_ready()
+        body = (await asyncio.to_thread(wait_for_states, worker, {pid: "COMPLETED"}, 60.0))[pid]
+        assert states(body["history"]) == [
+            "NEW", "FRAUD_CHECK", "APPROVED", "PROCESSING", "COMPLETED"]
+    finally:
+        if simulator is not None:
+            simulator.stop()
+        worker.stop()  # before the server, so the worker's drain finds it
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
