@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from faust import web
-from yarl import URL
 
 from agents.saga import POLICY  # the saga's own policy: the dry run must match it
 from orchestrator_app import metrics, pending
@@ -38,7 +36,15 @@ from orchestrator_app.domain.records import Command, CommandKind
 from orchestrator_app.domain.saga import Status, apply, format_timestamp
 from orchestrator_app.resources import redis_client
 from orchestrator_app.topics import commands
-from orchestrator_app.web import JSON, error, json_response
+from orchestrator_app.web import (
+    JSON,
+    Unavailable,
+    error,
+    forward,
+    json_response,
+    owner_of,
+    unavailable,
+)
 from tables.payments import payments
 
 __all__ = [
@@ -65,7 +71,6 @@ VERDICT_WAIT = 5.0
 #: A claimed Idempotency-Key whose answer was never recorded (the replica died) frees up
 #: after this long; answered keys are kept IDEMPOTENCY_TTL_SECONDS.
 CLAIM_TTL = 60
-FORWARDED = "X-Orchestrator-Forwarded"
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
@@ -172,53 +177,19 @@ def _respond(view: web.View, exc: ApiError, **extra: Any) -> web.Response:
     return response
 
 
-def _owner(payment_id: str) -> URL | None:
-    """The owning replica's URL, or None when that is this replica."""
-    try:
-        dest = app.router.key_store(payments.name, payment_id)
-    except (KeyError, TypeError):
-        raise ApiError(503, "unavailable", "partition owners not known yet; retry",
-                       {"Retry-After": "1"}) from None
-    here = URL(str(app.conf.canonical_url))
-    if (dest.host, dest.port) == (here.host, here.port):
-        return None
-    return dest
-
-
-async def _forward(view: web.View, request: web.Request, dest: URL, raw: bytes) -> web.Response:
-    if request.headers.get(FORWARDED):
-        raise ApiError(503, "unavailable", "partition ownership is moving; retry",
-                       {"Retry-After": "1"})
-    headers = {name: request.headers[name]
-               for name in ("Authorization", "Idempotency-Key", "Content-Type")
-               if name in request.headers}
-    headers[FORWARDED] = "1"
-    url = dest.with_path(request.path)
-    try:
-        async with app.http_client.post(url, data=raw, headers=headers) as response:
-            body = await response.read()
-            out = view.bytes(body, content_type=response.content_type or JSON,
-                             status=response.status)
-            for name in ("Retry-After", "Location", "Idempotent-Replayed", "WWW-Authenticate"):
-                if name in response.headers:
-                    out.headers[name] = response.headers[name]
-            return out
-    except (aiohttp.ClientError, OSError):
-        raise ApiError(503, "unavailable", "the replica owning this payment is not reachable",
-                       {"Retry-After": "1"}) from None
-
-
 async def handle(view: web.View, request: web.Request, payment_id: str,
                  action: str) -> web.Response:
     try:
         client = authenticate(request.headers.get("Authorization"), settings.api_tokens)
         raw = await request.read()
-        dest = _owner(payment_id)
+        dest = owner_of(payment_id)
         if dest is not None:
-            return await _forward(view, request, dest, raw)
+            return await forward(view, request, dest, raw)
         response = await _handle_here(view, request, payment_id, action, client, raw)
     except ApiError as exc:
         response = _respond(view, exc)
+    except Unavailable as exc:
+        response = unavailable(view, exc)
     metrics.api_requests.labels(action=action, status=str(response.status)).inc()
     return response
 

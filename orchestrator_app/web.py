@@ -12,8 +12,7 @@ from typing import Any
 
 import aiohttp
 from faust import web
-from faust.exceptions import SameNode
-from faust.web.exceptions import ServiceUnavailable
+from yarl import URL
 
 from orchestrator_app import metrics
 from orchestrator_app.app import app
@@ -25,8 +24,12 @@ from orchestrator_app.resources import payment_store
 from tables.payments import payments
 
 __all__ = [
+    "FORWARDED",
+    "Unavailable",
+    "forward",
     "health",
     "list_payments",
+    "owner_of",
     "payment_state",
     "prometheus_metrics",
     "ready",
@@ -76,25 +79,72 @@ async def ready(self: web.View, request: web.Request) -> web.Response:
     return self.json({"status": "ready", "service": SERVICE_NAME})
 
 
+#: Marks a request one replica forwarded to another (a second hop means ownership moved).
+FORWARDED = "X-Orchestrator-Forwarded"
+#: Request headers a forwarded request keeps, and response headers it brings back.
+_REQUEST_HEADERS = ("Authorization", "Idempotency-Key", "Content-Type")
+_RESPONSE_HEADERS = ("Retry-After", "Location", "Idempotent-Replayed", "WWW-Authenticate")
+
+
+class Unavailable(Exception):
+    """The replica owning the payment cannot be known or reached right now (→ 503)."""
+
+
+def owner_of(payment_id: str) -> URL | None:
+    """The URL of the replica owning the payment's partition; None when it is this one."""
+    try:
+        dest = app.router.key_store(payments.name, payment_id)
+    except (KeyError, TypeError):  # no assignment yet (starting, rebalancing)
+        raise Unavailable("partition owners not known yet") from None
+    here = URL(str(app.conf.canonical_url))
+    if (dest.host, dest.port) == (here.host, here.port):
+        return None
+    return dest
+
+
+async def forward(view: web.View, request: web.Request, dest: URL, body: bytes) -> web.Response:
+    """Send the request (method, body, the headers that matter) to its owner; relay back."""
+    if request.headers.get(FORWARDED):
+        raise Unavailable("partition ownership is moving")
+    headers = {name: request.headers[name] for name in _REQUEST_HEADERS
+               if name in request.headers}
+    headers[FORWARDED] = "1"
+    url = dest.with_path(request.path).with_query(request.query)
+    try:
+        async with app.http_client.request(request.method, url, data=body or None,
+                                           headers=headers) as response:
+            out = view.bytes(await response.read(), status=response.status,
+                             content_type=response.content_type or JSON)
+            for name in _RESPONSE_HEADERS:
+                if name in response.headers:
+                    out.headers[name] = response.headers[name]
+            return out
+    except (aiohttp.ClientError, OSError):
+        raise Unavailable("the replica owning this payment is not reachable") from None
+
+
+def unavailable(view: web.View, exc: Unavailable) -> web.Response:
+    response = error(view, 503, "unavailable", f"{exc}; retry")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 async def routed(
     view: web.View, request: web.Request, payment_id: str,
     local: Callable[[], Awaitable[web.Response]],
 ) -> web.Response:
     """Answer here if this replica owns the payment's partition, else forward the request.
 
-    Like Faust's ``table_route``, but a replica that does not know partition owners yet
-    (starting, rebalancing) or cannot reach the owner answers 503 with a JSON body instead
-    of an HTML 500.
+    Like Faust's ``table_route``, but it forwards bodies too (Faust's drops them), and a
+    replica that does not know or cannot reach the owner answers 503 JSON, not HTML 500.
     """
     try:
-        return await app.router.route_req(payments.name, payment_id, view.web, request)
-    except SameNode:
-        return await local()
-    except (ServiceUnavailable, KeyError, TypeError, aiohttp.ClientError, OSError):
-        response = error(view, 503, "unavailable",
-                         "the replica owning this payment is not reachable yet; retry")
-        response.headers["Retry-After"] = "1"
-        return response
+        dest = owner_of(payment_id)
+        if dest is not None:
+            return await forward(view, request, dest, await request.read())
+    except Unavailable as exc:
+        return unavailable(view, exc)
+    return await local()
 
 
 @app.page("/metrics")
