@@ -16,7 +16,14 @@ import asyncpg
 import pytest
 
 from tests.kafka_util import produce, read_until
-from tests.saga_util import created_event, get_state, partition_of, states, wait_for_states
+from tests.saga_util import (
+    created_event,
+    get_state,
+    metric_samples,
+    partition_of,
+    states,
+    wait_for_states,
+)
 from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -131,6 +138,18 @@ async def test_two_hundred_payments_every_path(
             assert (e["currency"], e["customer_id"], e["merchant_id"]) == (
                 p["currency"], p["customer_id"], p["merchant_id"])
             assert METADATA_KEYS.get(state, set()) <= set(e["metadata"])
+
+    # Consumer lag (kafka_consumer_lag{topic}) is published and drains to 0 once the
+    # offsets of the processed records are committed.
+    lag_topic = f"{prefix}payment.created"
+    deadline = time.monotonic() + 30
+    while True:
+        samples = metric_samples(worker, "kafka_consumer_lag")
+        lag = samples.get((("topic", lag_topic),))
+        if lag == 0.0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert lag == 0.0, samples
 
     # 3. PostgreSQL: latest state, exact amount, one history row per transition.
     ids = list(payments)
