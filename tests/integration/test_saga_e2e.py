@@ -242,8 +242,16 @@ async def test_any_replica_answers_for_any_payment(
     first.wait_healthy()
     second.wait_healthy()
     run = uuid.uuid4().hex[:6]
-    ids = [f"route-{run}-{i}" for i in range(16)]
-    assert len({partition_of(pid) for pid in ids}) == 4
+    # Four payments on each partition, so both replicas own some of them.
+    candidates = (f"route-{run}-{i}" for i in range(10_000))
+    by_partition: dict[int, list[str]] = {p: [] for p in range(4)}
+    for pid in candidates:
+        if len(by_partition[partition_of(pid)]) < 4:
+            by_partition[partition_of(pid)].append(pid)
+        if all(len(v) == 4 for v in by_partition.values()):
+            break
+    ids = [pid for pids in by_partition.values() for pid in pids]
+    assert len(ids) == 16
     await produce(kafka_brokers, f"{env['TOPIC_PREFIX']}payment.created",
                   [(pid.encode(), created_event(pid, "5.5")) for pid in ids])
     expected = dict.fromkeys(ids, "COMPLETED")
