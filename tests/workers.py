@@ -26,6 +26,22 @@ from orchestrator_app.schema import migrate
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
 
 
+def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Signal the process group a child leads (start_new_session) and wait; SIGKILL the
+    group if it outlives `timeout`. Only while the child is unreaped is its pid surely
+    still our group's id, so an exited child is left alone."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
 class WorkerProcess:
     """One `payment-orchestrator worker` child process with its own log file."""
 
@@ -88,16 +104,8 @@ class WorkerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         """Stop this worker (and only it: its own process group)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        if self.proc is not None:
+            stop_group(self.proc, sig, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, no clean shutdown."""
@@ -185,13 +193,7 @@ class SimulatorProcess:
         raise AssertionError("simulator not ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc, signal.SIGTERM, 10.0)
 
 
 @pytest.fixture

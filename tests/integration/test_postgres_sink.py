@@ -29,7 +29,7 @@ from orchestrator_app.domain import codec
 from orchestrator_app.schema import migrate
 from tests.kafka_util import produce, read_until
 from tests.saga_util import await_states, metric
-from tests.workers import SimulatorProcess, WorkerProcess
+from tests.workers import SimulatorProcess, WorkerProcess, stop_group
 
 pytestmark = pytest.mark.integration
 
@@ -312,15 +312,8 @@ class OwnPostgres:
 
     def kill_restarted(self) -> None:
         """Cleanup: the server this test started, by PID (its own process group)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_group(self.proc, signal.SIGINT, 15.0)  # SIGINT: PostgreSQL's fast shutdown
 
 
 @pytest.fixture
