@@ -10,17 +10,15 @@ timeouts.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_app import metrics
+from orchestrator_app import clock, metrics
 from orchestrator_app.app import app, settings
 from orchestrator_app.breakers import fraud_breaker
 from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, CommandKind, FraudCheckRequest
 from orchestrator_app.domain.replies import fraud_result, fraud_unavailable, fraud_wire_body
-from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.resources import nats_client
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, fraud_requests
@@ -34,7 +32,7 @@ async def check_fraud(request: FraudCheckRequest) -> Command:
     if not fraud_breaker.allow():
         metrics.fraud_unavailable.inc()
         return fraud_unavailable(
-            request.payment_id, "fraud service unavailable (circuit breaker open)", _now())
+            request.payment_id, "fraud service unavailable (circuit breaker open)", clock.now())
     body = codec.dumps(fraud_wire_body(request))
     started = time.perf_counter()
     try:
@@ -42,23 +40,20 @@ async def check_fraud(request: FraudCheckRequest) -> Command:
     except RequestTimeout:
         fraud_breaker.failure()
         metrics.fraud_timeouts.inc()
-        return fraud_unavailable(request.payment_id, "fraud check timed out", _now())
+        return fraud_unavailable(request.payment_id, "fraud check timed out", clock.now())
     except ServiceUnavailable:
         fraud_breaker.failure()
         metrics.fraud_unavailable.inc()
-        return fraud_unavailable(request.payment_id, "fraud service unavailable", _now())
+        return fraud_unavailable(request.payment_id, "fraud service unavailable", clock.now())
     finally:
         metrics.fraud_duration.observe(time.perf_counter() - started)
-    command = fraud_result(request.payment_id, reply, _now())
+    command = fraud_result(request.payment_id, reply, clock.now())
     if command.kind == CommandKind.FRAUD_RESULT:
         fraud_breaker.success()
     else:  # an unreadable reply: the service is not working properly
         fraud_breaker.failure()
     return command
 
-
-def _now() -> str:
-    return format_timestamp(datetime.now(UTC))
 
 
 @app.agent(fraud_requests, concurrency=settings.fraud_concurrency)

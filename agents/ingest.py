@@ -7,14 +7,13 @@ bytes, the reason and its source position, and the stream moves on.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_app import metrics
+from orchestrator_app import clock, metrics
 from orchestrator_app.app import app, settings
 from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
-from orchestrator_app.domain.saga import create_command_id, format_timestamp
+from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.topics import commands, payment_created, payment_created_dlq
 
@@ -41,7 +40,7 @@ async def ingest(stream: Any) -> None:
         message = event.message
         raw: bytes = event.value if isinstance(event.value, bytes) else b""
         source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
-        now = format_timestamp(datetime.now(UTC))
+        now = clock.now()
         result = validate_created(raw, settings.max_event_bytes)
         if isinstance(result, Invalid):
             metrics.dead_letters.labels(reason=result.code).inc()

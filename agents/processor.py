@@ -10,17 +10,15 @@ without spending its retry budget.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_app import metrics
+from orchestrator_app import clock, metrics
 from orchestrator_app.app import app, settings
 from orchestrator_app.breakers import processor_breaker
 from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, Operation, ProcessRequest
 from orchestrator_app.domain.replies import process_failure, process_result, process_wire_body
-from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.resources import nats_client
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, processor_requests
@@ -39,7 +37,7 @@ async def process_payment(request: ProcessRequest) -> Command:
     )
     if not processor_breaker.allow():
         return process_failure(request, "circuit_open", "processor circuit breaker is open",
-                               True, _now(), retry_after=processor_breaker.retry_after())
+                               True, clock.now(), retry_after=processor_breaker.retry_after())
     body = codec.dumps(process_wire_body(request))
     started = time.perf_counter()
     try:
@@ -47,22 +45,19 @@ async def process_payment(request: ProcessRequest) -> Command:
     except RequestTimeout:
         processor_breaker.failure()
         return process_failure(request, "timeout", "processor did not answer in time", True,
-                               _now())
+                               clock.now())
     except ServiceUnavailable as exc:
         processor_breaker.failure()
-        return process_failure(request, "connection_error", str(exc), True, _now())
+        return process_failure(request, "connection_error", str(exc), True, clock.now())
     finally:
         metrics.processor_duration.observe(time.perf_counter() - started)
-    command = process_result(request, reply, _now())
+    command = process_result(request, reply, clock.now())
     if command.error_code == "invalid_reply":
         processor_breaker.failure()
     else:  # an answer, even a decline, means the processor works
         processor_breaker.success()
     return command
 
-
-def _now() -> str:
-    return format_timestamp(datetime.now(UTC))
 
 
 @app.agent(processor_requests, concurrency=settings.processor_concurrency)

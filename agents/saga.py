@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator_app import metrics, pending
+from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.config import Settings
 from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.policies import RetryPolicy
-from orchestrator_app.domain.records import Command
-from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, format_timestamp
+from orchestrator_app.domain.records import Command, Payment
+from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, timer_of
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import (
     commands,
@@ -60,8 +59,9 @@ POLICY = saga_policy(settings)
 def handle_command(command: Command) -> Outcome:
     """Apply one command and send its effects (buffered sends, flushed before commit)."""
     started = time.perf_counter()
-    now = format_timestamp(datetime.now(UTC))
-    outcome = apply(payments.get(command.payment_id), command, now, POLICY)
+    now = clock.now()
+    before = payments.get(command.payment_id)
+    outcome = apply(before, command, now, POLICY)
 
     if outcome.status is Status.APPLIED:
         assert outcome.payment is not None
@@ -92,7 +92,7 @@ def handle_command(command: Command) -> Outcome:
         log.info("command %s refused: %s", command.kind, outcome.reason)
 
     if outcome.status in (Status.APPLIED, Status.DUPLICATE) and outcome.payment is not None:
-        _store_timer(outcome)
+        _store_timer(before, outcome)
     pending.resolve(command.command_id, outcome.status is not Status.REJECTED, outcome.reason)
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     for event in outcome.events:
@@ -111,11 +111,16 @@ def handle_command(command: Command) -> Outcome:
     return outcome
 
 
-def _store_timer(outcome: Outcome) -> None:
+def _store_timer(before: Payment | None, outcome: Outcome) -> None:
+    """Keep the ``timers`` table (and the due index) equal to the payment's timer."""
     assert outcome.payment is not None
     payment_id = outcome.payment.payment_id
     timer = outcome.timer
-    current = timers.get(payment_id)
+    if outcome.status is Status.APPLIED:
+        # The stored timer is the one the payment carried before: no table read needed.
+        current = timer_of(before) if before is not None else None
+    else:  # a redelivery: the first timer write may be the part a crash lost
+        current = timers.get(payment_id)
     if timer is None:
         due_index.discard(payment_id)
         if current is not None:

@@ -22,18 +22,17 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from faust import web
 
 from agents.saga import POLICY  # the saga's own policy: the dry run must match it
-from orchestrator_app import metrics, pending
+from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.clients.redis import REDIS_ERRORS, IdempotencyRecord
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, CommandKind
-from orchestrator_app.domain.saga import Status, apply, format_timestamp
+from orchestrator_app.domain.saga import Status, apply
 from orchestrator_app.resources import redis_client
 from orchestrator_app.topics import commands
 from orchestrator_app.web import (
@@ -262,7 +261,7 @@ async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client
     if payment is None:
         return 404, {"error": "not_found", "message": f"no payment with id {payment_id!r}",
                      "payment_id": payment_id}, {}
-    now = format_timestamp(datetime.now(UTC))
+    now = clock.now()
     command = build_command(action, payment_id, body, payment.version, client, key, now)
     outcome = apply(payment, command, now, POLICY)
     if outcome.status is not Status.APPLIED:
