@@ -3,6 +3,10 @@
 Why a result value and not an exception: the ingest agent must never crash on input; every
 bad event becomes a dead letter carrying `Invalid.code` (for counting) and `Invalid.detail`
 (for the human who reads the dead-letter topic).
+
+The amount is judged against the currency's ISO 4217 minor unit (`money.check_amount`) and
+handed on in its one canonical form (`money.canonical_amount`: USD ``100.5`` becomes
+``100.50``), so every topic and the database see the same digits for the same amount.
 """
 
 from __future__ import annotations
@@ -35,15 +39,27 @@ class Invalid:
 
 
 def validate_created(raw: bytes, max_bytes: int = 65536) -> PaymentCreated | Invalid:
-    """Decode and check one raw ``payment.created`` value."""
+    """Decode and check one raw ``payment.created`` value. Never raises: anything that goes
+    wrong while decoding or checking (however odd the input) is an `Invalid`."""
+    try:
+        return _validate(raw, max_bytes)
+    except RecursionError:
+        return Invalid("malformed_json", "JSON nested too deeply")
+    except Exception as exc:  # the ingest agent must never crash on input
+        return Invalid("malformed_json", f"could not be decoded: {type(exc).__name__}")
+
+
+def _validate(raw: bytes, max_bytes: int) -> PaymentCreated | Invalid:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        return Invalid("malformed_json", f"expected bytes, got {type(raw).__name__}")
     if len(raw) > max_bytes:
         return Invalid("too_large", f"payload is {len(raw)} bytes, limit {max_bytes}")
     try:
-        data = loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
+        data = loads(bytes(raw))
     except RecursionError:
         return Invalid("malformed_json", "JSON nested too deeply")
+    except (ValueError, ArithmeticError) as exc:  # UnicodeDecodeError is a ValueError
+        return Invalid("malformed_json", f"not valid JSON: {str(exc)[:120]}")
     if not isinstance(data, dict):
         return Invalid("not_an_object", f"expected a JSON object, got {_json_type(data)}")
 
@@ -56,20 +72,21 @@ def validate_created(raw: bytes, max_bytes: int = 65536) -> PaymentCreated | Inv
         if problem:
             return problem
 
-    amount = data["amount"]
-    # bool is an int subclass; a JSON true is not an amount.
-    if isinstance(amount, bool) or not isinstance(amount, (int, Decimal)):
-        return Invalid("invalid_type", f"amount must be a JSON number, got {_json_type(amount)}")
-    try:
-        money.check_amount(Decimal(amount))
-    except money.AmountError as exc:
-        return Invalid("invalid_amount", str(exc))
-
+    # The currency first: it decides how many decimal places the amount may have.
     currency = data["currency"]
     if not isinstance(currency, str):
         return Invalid("invalid_type", f"currency must be a string, got {_json_type(currency)}")
     if not money.is_currency(currency):
         return Invalid("invalid_currency", f"{currency[:10]!r} is not an ISO 4217 currency code")
+
+    amount = data["amount"]
+    # bool is an int subclass; a JSON true is not an amount.
+    if isinstance(amount, bool) or not isinstance(amount, (int, Decimal)):
+        return Invalid("invalid_type", f"amount must be a JSON number, got {_json_type(amount)}")
+    try:
+        canonical = money.canonical_amount(Decimal(amount), currency)
+    except money.AmountError as exc:
+        return Invalid("invalid_amount", str(exc))
 
     status = data["status"]
     if status != "NEW":
@@ -87,7 +104,7 @@ def validate_created(raw: bytes, max_bytes: int = 65536) -> PaymentCreated | Inv
 
     return PaymentCreated(
         payment_id=data["payment_id"],
-        amount=Decimal(amount),
+        amount=canonical,
         currency=currency,
         customer_id=data["customer_id"],
         merchant_id=data["merchant_id"],

@@ -49,9 +49,10 @@ METADATA_KEYS = {
 }
 
 
-def _amount(rng: random.Random) -> Decimal:
-    """Exact amounts under the simulator's 10,000 automatic-approval limit."""
-    places = rng.choice([0, 1, 2, 4])
+def _amount(rng: random.Random, currency: str) -> Decimal:
+    """Exact amounts under the simulator's 10,000 automatic-approval limit, with no more
+    decimals than the currency has (ISO 4217: JPY none, USD and EUR 2)."""
+    places = 0 if currency == "JPY" else rng.choice([0, 1, 2])
     return Decimal(rng.randint(1, 9_999 * 10**places)) / (Decimal(10) ** places)
 
 
@@ -75,8 +76,9 @@ async def test_two_hundred_payments_every_path(
     for i, kind in enumerate(kinds):
         _, customer, merchant = PATHS[kind]
         pid = f"e2e-{run}-{i:03d}"
+        currency = rng.choice(["USD", "EUR", "JPY"])
         payments[pid] = {
-            "kind": kind, "amount": _amount(rng), "currency": rng.choice(["USD", "EUR", "JPY"]),
+            "kind": kind, "amount": _amount(rng, currency), "currency": currency,
             "customer_id": f"{customer}-{i % 17}", "merchant_id": f"{merchant}-{i % 5}",
         }
     started = time.monotonic()

@@ -8,7 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from orchestrator_app.domain import money
 from orchestrator_app.domain.records import PaymentCreated
 from orchestrator_app.domain.validation import MAX_ID_LENGTH, Invalid, validate_created
 
@@ -108,14 +111,25 @@ def test_helper_encodes_the_spec_example() -> None:
 @pytest.mark.parametrize(
     ("changes", "check"),
     [
-        ({"amount": RawNumber("100")}, lambda p: p.amount == Decimal(100)),
-        ({"amount": RawNumber("0.0001")}, lambda p: str(p.amount) == "0.0001"),
-        ({"amount": RawNumber("100.50000")}, lambda p: p.amount == Decimal("100.5")),
-        ({"amount": RawNumber("999999999999999.9999")},
+        # the amount comes out in its canonical form: the currency's minor unit of places
+        ({"amount": RawNumber("100")}, lambda p: str(p.amount) == "100.00"),
+        ({"amount": RawNumber("0.01")}, lambda p: str(p.amount) == "0.01"),
+        ({"amount": RawNumber("100.50000")}, lambda p: str(p.amount) == "100.50"),
+        ({"amount": RawNumber("100.5")}, lambda p: str(p.amount) == "100.50"),
+        ({"amount": RawNumber("999999999999999.99")},
+         lambda p: str(p.amount) == "999999999999999.99"),
+        ({"amount": RawNumber("1.5E+3")}, lambda p: str(p.amount) == "1500.00"),
+        ({"amount": RawNumber("1" + "0" * 40 + "e-40")}, lambda p: str(p.amount) == "1.00"),
+        ({"currency": "JPY", "amount": RawNumber("100")}, lambda p: str(p.amount) == "100"),
+        ({"currency": "JPY", "amount": RawNumber("100.0")}, lambda p: str(p.amount) == "100"),
+        ({"currency": "JPY", "amount": RawNumber("1E+3")}, lambda p: str(p.amount) == "1000"),
+        ({"currency": "KWD", "amount": RawNumber("0.001")},
+         lambda p: str(p.amount) == "0.001"),
+        ({"currency": "BHD", "amount": RawNumber("12.5")},
+         lambda p: str(p.amount) == "12.500"),
+        ({"currency": "CLF", "amount": RawNumber("999999999999999.9999")},
          lambda p: str(p.amount) == "999999999999999.9999"),
-        ({"amount": RawNumber("1.5E+3")}, lambda p: p.amount == Decimal(1500)),
-        ({"currency": "JPY"}, lambda p: p.currency == "JPY"),
-        ({"currency": "EUR"}, lambda p: p.currency == "EUR"),
+        ({"currency": "EUR"}, lambda p: p.currency == "EUR" and str(p.amount) == "100.50"),
         ({"created_at": "2026-02-13T10:00:00+02:00"}, lambda p: p.created_at.endswith("02:00")),
         ({"created_at": "2026-02-13T10:00:00.123456Z"}, lambda p: True),
         ({"payment_id": "a" * MAX_ID_LENGTH}, lambda p: len(p.payment_id) == MAX_ID_LENGTH),
@@ -127,9 +141,10 @@ def test_helper_encodes_the_spec_example() -> None:
          lambda p: not hasattr(p, "extra")),
     ],
     ids=[
-        "integer-amount", "smallest-amount", "trailing-zeros", "largest-amount",
-        "exponent-amount", "JPY", "EUR", "offset-tz", "microseconds", "longest-id", "uuid-id",
-        "email-customer", "punctuated-merchant", "extra-fields",
+        "integer-amount", "smallest-amount", "trailing-zeros", "one-place", "largest-amount",
+        "exponent-amount", "many-trailing-zeros", "JPY", "JPY-point-zero", "JPY-exponent",
+        "KWD-smallest", "BHD-padded", "CLF-largest", "EUR", "offset-tz", "microseconds",
+        "longest-id", "uuid-id", "email-customer", "punctuated-merchant", "extra-fields",
     ],
 )
 def test_valid_variants(changes: dict[str, Any], check: Any) -> None:
@@ -201,14 +216,36 @@ INVALID_CASES: list[tuple[str, bytes, str]] = [
     ("amount-zero-decimal", encode(fields(amount=RawNumber("0.00"))), "invalid_amount"),
     ("amount-negative", encode(fields(amount=RawNumber("-100.50"))), "invalid_amount"),
     ("amount-negative-zero", encode(fields(amount=RawNumber("-0"))), "invalid_amount"),
+    ("amount-negative-zero-decimal", encode(fields(amount=RawNumber("-0.0"))),
+     "invalid_amount"),
+    ("amount-3-places-usd", encode(fields(amount=RawNumber("100.505"))), "invalid_amount"),
+    ("amount-4-places-usd", encode(fields(amount=RawNumber("0.0001"))), "invalid_amount"),
     ("amount-5-places", encode(fields(amount=RawNumber("0.00001"))), "invalid_amount"),
     ("amount-5-places-large", encode(fields(amount=RawNumber("100.12345"))), "invalid_amount"),
+    ("amount-32-places", encode(fields(amount=RawNumber("0." + "0" * 31 + "1"))),
+     "invalid_amount"),
+    ("amount-fraction-jpy", encode(fields(currency="JPY", amount=RawNumber("100.5"))),
+     "invalid_amount"),
+    ("amount-4-places-kwd", encode(fields(currency="KWD", amount=RawNumber("1.0001"))),
+     "invalid_amount"),
+    ("amount-5-places-clf", encode(fields(currency="CLF", amount=RawNumber("1.00001"))),
+     "invalid_amount"),
     ("amount-too-large", encode(fields(amount=RawNumber("1000000000000000"))),
      "invalid_amount"),
     ("amount-too-large-decimal", encode(fields(amount=RawNumber("1000000000000000.5"))),
      "invalid_amount"),
     ("amount-huge-exponent", encode(fields(amount=RawNumber("1e400"))), "invalid_amount"),
     ("amount-tiny-exponent", encode(fields(amount=RawNumber("1e-400"))), "invalid_amount"),
+    ("amount-tinier-exponent", encode(fields(amount=RawNumber("1e-1000027"))),
+     "invalid_amount"),
+    ("amount-largest-exponent", encode(fields(amount=RawNumber("1e999999999999999999"))),
+     "invalid_amount"),
+    ("amount-long-integer", encode(fields(amount=RawNumber("9" * 4000))), "invalid_amount"),
+    # numbers Python cannot hold at all are refused while decoding
+    ("amount-exponent-beyond-decimal",
+     encode(fields(amount=RawNumber("1e99999999999999999999999"))), "malformed_json"),
+    ("amount-integer-beyond-int", encode(fields(amount=RawNumber("9" * 5000))),
+     "malformed_json"),
     # currencies
     ("currency-unknown", encode(fields(currency="ABC")), "invalid_currency"),
     ("currency-lowercase", encode(fields(currency="usd")), "invalid_currency"),
@@ -308,3 +345,133 @@ DEEP_OBJECT = encode(fields(extra=RawNumber('{"a":' * 1000 + "1" + "}" * 1000)))
 def test_deeply_nested_json_is_refused_not_raised(raw: bytes) -> None:
     result = validate_created(raw, 65536)
     assert isinstance(result, (Invalid, PaymentCreated))
+
+
+# --- amount details ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"amount": RawNumber("0")}, "greater than zero"),
+        ({"amount": RawNumber("-1")}, "negative"),
+        ({"amount": RawNumber("100.505")}, "at most 2 decimal places for USD"),
+        ({"currency": "JPY", "amount": RawNumber("100.5")}, "whole number for JPY"),
+        ({"currency": "KWD", "amount": RawNumber("1.0001")}, "at most 3 decimal places for KWD"),
+        ({"amount": RawNumber("1e15")}, "at most 15 integer digits"),
+        ({"amount": RawNumber("1e-1000027")}, "decimal places"),
+        ({"amount": RawNumber("1e99999999999999999999999")}, "out of range"),
+    ],
+)
+def test_invalid_amount_details_say_why(changes: dict[str, Any], needle: str) -> None:
+    result = validate_created(encode(fields(**changes)), 65536)
+    assert isinstance(result, Invalid)
+    assert needle in result.detail, result
+
+
+def test_currency_is_checked_before_the_amount() -> None:
+    # the amount's places depend on the currency: a bad currency is reported as such
+    expect_invalid(encode(fields(currency="ABC", amount=RawNumber("1.234"))),
+                   "invalid_currency")
+    expect_invalid(encode(fields(currency=7, amount=RawNumber("-1"))), "invalid_type")
+
+
+def test_canonical_amount_goes_on_the_wire() -> None:
+    for text, currency, wire in [("100.5", "USD", b'"amount":100.50'),
+                                 ("1E+2", "JPY", b'"amount":100,'),
+                                 ("7.1", "KWD", b'"amount":7.100')]:
+        result = validate_created(encode(fields(amount=RawNumber(text), currency=currency)))
+        assert isinstance(result, PaymentCreated)
+        assert wire in result.dumps()
+
+
+# --- properties: nothing raises ------------------------------------------------------------
+
+#: JSON number texts from the ordinary to the absurd: long digit runs, huge and tiny
+#: exponents (beyond what `Decimal` can hold too), signs, zeros.
+number_texts = st.builds(
+    lambda sign, whole, frac, exp: f"{sign}{whole}{frac}{exp}",
+    st.sampled_from(["", "-"]),
+    st.sampled_from(["0", "1", "100", "999999999999999", "1000000000000000"])
+    | st.from_regex(r"[1-9][0-9]{0,60}", fullmatch=True),
+    st.sampled_from(["", ".0", ".5", ".50", ".505", ".0001", ".00001"])
+    | st.from_regex(r"\.[0-9]{1,40}", fullmatch=True),
+    st.sampled_from(["", "e0", "E+2", "e-2", "e400", "e-400", "e-1000027",
+                     "e999999999999999999", "e99999999999999999999999"])
+    | st.integers(-(10**30), 10**30).map(lambda e: f"e{e}"),
+)
+
+#: Text with everything odd in it: NUL and other controls, lone surrogates, non-BMP,
+#: combining marks, right-to-left, full-width letters.
+odd_text = st.text(
+    st.characters(codec=None, categories=None)
+    | st.sampled_from(["\x00", "\x1f", "\ud800", "\udfff", "\U0001f4b8", "\u0301", "\u202e",
+                       "\uff35", "\ufeff"]),
+    max_size=40,
+)
+
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | odd_text
+    | number_texts.map(RawNumber)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(odd_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+CURRENCIES = ["USD", "EUR", "JPY", "KWD", "BHD", "CLF", "UYW", "ISK", "GBP", "XXX", "usd"]
+
+
+def check_result(result: object) -> None:
+    assert isinstance(result, (PaymentCreated, Invalid)), result
+    if isinstance(result, Invalid):
+        assert result.code in CODES, result
+        assert result.detail.strip()
+        return
+    # a valid payment: its amount is the canonical form for its currency
+    exponent = result.amount.as_tuple().exponent
+    assert exponent == -money.minor_unit(result.currency)
+    assert result.amount > 0
+    assert money.canonical_amount(result.amount, result.currency) == result.amount
+    assert PaymentCreated.loads(result.dumps()) == result
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
+    check_result(validate_created(raw, 65536))
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from([*REQUIRED, "extra"]),
+    value=json_values,
+    currency=st.sampled_from(CURRENCIES),
+)
+def test_near_valid_events_never_raise(name: str, value: Any, currency: str) -> None:
+    """The spec example with one field replaced by anything at all."""
+    check_result(validate_created(encode(fields(**{"currency": currency, name: value}))))
+
+
+@settings(max_examples=600, deadline=None)
+@given(amount=number_texts, currency=st.sampled_from(CURRENCIES))
+def test_extreme_amounts_never_raise(amount: str, currency: str) -> None:
+    result = validate_created(encode(fields(amount=RawNumber(amount), currency=currency)))
+    check_result(result)
+    if isinstance(result, PaymentCreated):
+        assert result.amount == Decimal(amount)  # the same value, only its form is canonical
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=40), cut=st.integers(0, len(SPEC_EXAMPLE)))
+def test_spliced_bytes_never_raise(raw: bytes, cut: int) -> None:
+    """Valid bytes with garbage spliced in (invalid UTF-8, NULs, stray quotes)."""
+    check_result(validate_created(SPEC_EXAMPLE[:cut] + raw + SPEC_EXAMPLE[cut:]))
+
+
+@pytest.mark.parametrize("raw", [None, "text", 42, bytearray(SPEC_EXAMPLE),
+                                 memoryview(SPEC_EXAMPLE)])
+def test_odd_argument_types_never_raise(raw: Any) -> None:
+    check_result(validate_created(raw, 65536))
