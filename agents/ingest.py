@@ -17,7 +17,7 @@ from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.topics import commands, payment_created, payment_created_dlq
 
-__all__ = ["ingest", "to_command"]
+__all__ = ["handle_created", "ingest", "reject", "to_command"]
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +34,37 @@ def to_command(payment: PaymentCreated, raw: bytes, source: SourceRef, now: str)
     )
 
 
+def handle_created(raw: bytes, key: bytes | None, source: SourceRef) -> None:
+    """Forward one valid event as a CREATE command, or dead-letter it with the reason."""
+    now = clock.now()
+    result = validate_created(raw, settings.max_event_bytes)
+    if isinstance(result, Invalid):
+        reject(raw, key, source, result.code, result.detail, now)
+    else:
+        commands.send_soon(key=result.payment_id, value=to_command(result, raw, source, now))
+
+
+def reject(raw: bytes, key: bytes | None, source: SourceRef, code: str, detail: str,
+           now: str) -> None:
+    metrics.dead_letters.labels(reason=code).inc()
+    # Only the reason code and position: the payload may hold customer data.
+    log.warning("dead-lettered payment.created at %s[%d]@%d: %s",
+                source.topic, source.partition, source.offset, code)
+    payment_created_dlq.send_soon(
+        key=key, value=dead_letter(raw, code, detail, source, now, "ingest"))
+
+
 @app.agent(payment_created)
 async def ingest(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         raw: bytes = event.value if isinstance(event.value, bytes) else b""
         source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
-        now = clock.now()
-        result = validate_created(raw, settings.max_event_bytes)
-        if isinstance(result, Invalid):
-            metrics.dead_letters.labels(reason=result.code).inc()
-            # Only the reason code and position: the payload may hold customer data.
-            log.warning(
-                "dead-lettered payment.created at %s[%d]@%d: %s",
-                source.topic, source.partition, source.offset, result.code,
-            )
-            payment_created_dlq.send_soon(
-                key=message.key,
-                value=dead_letter(raw, result.code, result.detail, source, now, "ingest"),
-            )
-        else:
-            commands.send_soon(key=result.payment_id, value=to_command(result, raw, source, now))
+        try:
+            handle_created(raw, message.key, source)
+        except Exception as exc:  # a bug, not bad input: still a dead letter, never a crash
+            log.exception("ingest failed on %s[%d]@%d", source.topic, source.partition,
+                          source.offset)
+            reject(raw, message.key, source, "processing_error",
+                   f"{exc.__class__.__name__}: {str(exc)[:300]}", clock.now())
         metrics.messages_processed.labels(topic="payment.created").inc()

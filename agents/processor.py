@@ -9,6 +9,7 @@ without spending its retry budget.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -28,8 +29,15 @@ __all__ = ["PROCESS_SUBJECT", "REFUND_SUBJECT", "process_payment", "processor"]
 PROCESS_SUBJECT = "payment.process"
 REFUND_SUBJECT = "payment.refund"
 
+log = logging.getLogger(__name__)
+
 
 async def process_payment(request: ProcessRequest) -> Command:
+    """The attempt's outcome as a command; never waits longer than the request timeout.
+
+    Once the breaker let the call through, exactly one of success / failure is recorded on
+    every path (a cancelled or crashed call too): a half-open trial is always released.
+    """
     refund = request.operation == Operation.REFUND
     subject, timeout = (
         (REFUND_SUBJECT, settings.refund_timeout) if refund
@@ -38,34 +46,47 @@ async def process_payment(request: ProcessRequest) -> Command:
     if not processor_breaker.allow():
         return process_failure(request, "circuit_open", "processor circuit breaker is open",
                                True, clock.now(), retry_after=processor_breaker.retry_after())
-    body = codec.dumps(process_wire_body(request))
+    settled = False
     started = time.perf_counter()
     try:
-        reply = await nats_client.request(subject, body, timeout)
-    except RequestTimeout:
-        processor_breaker.failure()
-        return process_failure(request, "timeout", "processor did not answer in time", True,
-                               clock.now())
-    except ServiceUnavailable as exc:
-        processor_breaker.failure()
-        return process_failure(request, "connection_error", str(exc), True, clock.now())
+        body = codec.dumps(process_wire_body(request))
+        try:
+            reply = await nats_client.request(subject, body, timeout)
+        except RequestTimeout:
+            processor_breaker.failure()
+            settled = True
+            return process_failure(request, "timeout", "processor did not answer in time",
+                                   True, clock.now())
+        except ServiceUnavailable as exc:
+            processor_breaker.failure()
+            settled = True
+            return process_failure(request, "connection_error", str(exc), True, clock.now())
+        command = process_result(request, reply, clock.now())
+        if command.error_code == "invalid_reply":
+            processor_breaker.failure()
+        else:  # an answer, even a decline, means the processor works
+            processor_breaker.success()
+        settled = True
+        return command
     finally:
+        if not settled:
+            processor_breaker.failure()
         metrics.processor_duration.observe(time.perf_counter() - started)
-    command = process_result(request, reply, clock.now())
-    if command.error_code == "invalid_reply":
-        processor_breaker.failure()
-    else:  # an answer, even a decline, means the processor works
-        processor_breaker.success()
-    return command
-
 
 
 @app.agent(processor_requests, concurrency=settings.processor_concurrency)
 async def processor(stream: Any) -> None:
     async for request in stream:
-        with tracer.start_as_current_span(f"nats payment.{request.operation}") as span:
-            span.set_attribute("payment.id", request.payment_id)
-            span.set_attribute("payment.attempt", request.attempt)
-            command = await process_payment(request)
-            span.set_attribute("result.success", bool(command.success))
+        try:
+            with tracer.start_as_current_span(f"nats payment.{request.operation}") as span:
+                span.set_attribute("payment.id", request.payment_id)
+                span.set_attribute("payment.attempt", request.attempt)
+                command = await process_payment(request)
+                span.set_attribute("result.success", bool(command.success))
+        except Exception:  # a bug: a retryable failure, so the payment still moves on
+            log.exception("processor call failed unexpectedly")
+            metrics.agent_dead_letters.labels(stage="processor").inc()
+            command = process_failure(request, "internal_error",
+                                      "the orchestrator failed to call the processor", True,
+                                      clock.now())
         commands.send_soon(key=command.payment_id, value=command)

@@ -18,6 +18,7 @@ from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.policies import RetryPolicy
 from orchestrator_app.domain.records import Command, Payment
 from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, timer_of
+from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import (
     commands,
@@ -132,10 +133,16 @@ def _store_timer(before: Payment | None, outcome: Outcome) -> None:
 
 @app.agent(commands)
 async def saga(stream: Any) -> None:
-    async for command in stream:
-        with tracer.start_as_current_span("saga.apply") as span:
-            outcome = handle_command(command)
-            span.set_attribute("payment.id", command.payment_id)
-            span.set_attribute("command.kind", command.kind)
-            span.set_attribute("command.status", outcome.status.value)
+    async for event in stream.events():
+        command = event.value
+        try:
+            with tracer.start_as_current_span("saga.apply") as span:
+                outcome = handle_command(command)
+                span.set_attribute("payment.id", command.payment_id)
+                span.set_attribute("command.kind", command.kind)
+                span.set_attribute("command.status", outcome.status.value)
+        except Exception as exc:  # a bug: dead-letter the command, keep the partition moving
+            log.exception("saga failed on a %s command", getattr(command, "kind", "?"))
+            dead_letter_event("saga", event, exc)
+            pending.resolve(getattr(command, "command_id", ""), False, "internal error")
         metrics.messages_processed.labels(topic="orchestrator-commands").inc()

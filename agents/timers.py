@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.partitioner import murmur2
 
 from orchestrator_app import metrics
-from orchestrator_app.app import app
+from orchestrator_app.app import app, settings
 from orchestrator_app.domain.records import Command, CommandKind, Timer
 from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.topics import commands
@@ -31,6 +34,28 @@ RESEND_AFTER = 10.0
 
 _sent: dict[tuple[str, int], float] = {}
 _last_rescan = 0.0
+#: The active partitions the due index was last built for.
+_built_for: frozenset[int] = frozenset()
+
+
+def owned_partitions() -> frozenset[int]:
+    """Partitions of the commands topic (co-partitioned with the tables) this worker owns."""
+    topic = commands.get_topic_name()
+    return frozenset(tp.partition for tp in app.assignor.assigned_actives()
+                     if tp.topic == topic)
+
+
+def partition_of(payment_id: str) -> int:
+    """Kafka's default partitioner on the raw key: the partition of the payment's commands."""
+    return (murmur2(payment_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
+
+
+def rebuild(owned: frozenset[int]) -> None:
+    """Re-arm the due index from the table: only timers of partitions owned right now."""
+    global _built_for
+    due_index.rebuild([timer for _, timer in timers.items()
+                       if partition_of(timer.payment_id) in owned])
+    _built_for = owned
 
 
 def timer_command(timer: Timer, now: str) -> Command:
@@ -45,10 +70,17 @@ def timer_command(timer: Timer, now: str) -> Command:
 
 
 def fire_due_timers(clock: float) -> int:
-    """Send a TIMER command for every due timer not sent recently; return how many."""
+    """Send a TIMER command for every due timer not sent recently; return how many.
+
+    Timers fire only for partitions this worker owns: the due index is rebuilt as soon as
+    the assignment changes (and every `RESCAN_SECONDS`, to pick up recovered timers).
+    """
     global _last_rescan
-    if clock - _last_rescan >= RESCAN_SECONDS:
-        due_index.rebuild([timer for _, timer in timers.items()])
+    if app.rebalancing:
+        return 0  # ownership is moving: the new owner re-arms from the table
+    owned = owned_partitions()
+    if owned != _built_for or clock - _last_rescan >= RESCAN_SECONDS:
+        rebuild(owned)
         _last_rescan = clock
         for ident in [i for i in _sent if clock - _sent[i] > 2 * RESEND_AFTER]:
             del _sent[ident]
@@ -64,6 +96,14 @@ def fire_due_timers(clock: float) -> int:
         _sent[ident] = clock
         fired += 1
     return fired
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+    """Timers of revoked partitions stop firing at revocation, not at the next rescan."""
+    gone = {tp.partition for tp in revoked if tp.topic == commands.get_topic_name()}
+    if gone:
+        due_index.keep(lambda timer: partition_of(timer.payment_id) not in gone)
 
 
 @app.timer(interval=TICK_SECONDS)

@@ -12,6 +12,7 @@ import socket
 import faust
 
 from orchestrator_app.config import get_settings
+from orchestrator_app.supervision import on_agent_error
 
 __all__ = ["app", "settings"]
 
@@ -43,9 +44,14 @@ app = faust.App(
     web_graph_enabled=False,
     web_router_enabled=False,
     web_metrics_enabled=False,
-    table_standby_replicas=0,
+    table_standby_replicas=settings.table_standby_replicas,
     store_check_exists=True,
 )
+
+
+# Faust's default hook commits the crashed agent's offsets and leaves the worker running
+# with the agent gone; ours reports the crash and exits non-zero (see supervision).
+app._on_agent_error = on_agent_error  # type: ignore[method-assign]
 
 
 @app.task

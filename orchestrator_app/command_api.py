@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from faust import web
@@ -29,6 +27,7 @@ from faust import web
 from agents.saga import POLICY  # the saga's own policy: the dry run must match it
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
+from orchestrator_app.auth import ApiError, authenticate, authorize
 from orchestrator_app.clients.redis import REDIS_ERRORS, IdempotencyRecord
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, CommandKind
@@ -38,10 +37,12 @@ from orchestrator_app.topics import commands
 from orchestrator_app.web import (
     JSON,
     Unavailable,
+    check_local_reads,
     error,
     forward,
     json_response,
     owner_of,
+    recovering,
     unavailable,
 )
 from tables.payments import payments
@@ -73,36 +74,7 @@ CLAIM_TTL = 60
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-@dataclass(frozen=True)
-class ApiError(Exception):
-    status: int
-    code: str
-    message: str
-    headers: Mapping[str, str] | None = None
-
-
 # --- pure steps (unit-tested) -----------------------------------------------------------
-
-
-def authenticate(authorization: str | None, tokens: Sequence[str]) -> str:
-    """The client id for a valid bearer token (a hash: the token itself is never kept)."""
-    if not tokens:
-        raise ApiError(503, "api_disabled", "the command API is off: no API_TOKEN configured")
-    if not authorization:
-        raise ApiError(401, "unauthorized", "missing bearer token",
-                       {"WWW-Authenticate": 'Bearer realm="payment-orchestrator"'})
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'",
-                       {"WWW-Authenticate": 'Bearer realm="payment-orchestrator"'})
-    # Compare with every token, in constant time, so timing tells nothing.
-    matched = False
-    for candidate in tokens:
-        matched |= hmac.compare_digest(candidate.encode(), token.encode())
-    if not matched:
-        raise ApiError(403, "forbidden", "token not accepted")
-    return "client-" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def parse_body(action: str, raw: bytes) -> dict[str, Any]:
@@ -179,11 +151,12 @@ def _respond(view: web.View, exc: ApiError, **extra: Any) -> web.Response:
 async def handle(view: web.View, request: web.Request, payment_id: str,
                  action: str) -> web.Response:
     try:
-        client = authenticate(request.headers.get("Authorization"), settings.api_tokens)
+        client = await authorize(request, settings.api_tokens)
         raw = await request.read()
         dest = owner_of(payment_id)
         if dest is not None:
             return await forward(view, request, dest, raw)
+        check_local_reads()
         response = await _handle_here(view, request, payment_id, action, client, raw)
     except ApiError as exc:
         response = _respond(view, exc)
@@ -258,6 +231,9 @@ async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client
                    key: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Check against the live state and send; returns (status, body, headers)."""
     payment = payments.get(payment_id)
+    if payment is None and recovering():  # a rebalance began meanwhile: not a fact
+        return 503, {"error": "unavailable", "message": "partitions are moving; retry"}, {
+            "Retry-After": "1"}
     if payment is None:
         return 404, {"error": "not_found", "message": f"no payment with id {payment_id!r}",
                      "payment_id": payment_id}, {}

@@ -45,6 +45,10 @@ class Topics:
 
     payment_created: str = "payment.created"
     payment_created_dlq: str = "payment.created.dlq"
+    #: Inputs other agents could not process (stage, reason, source position).
+    dead_letters: str = "orchestrator-dead-letters"
+    #: State changes PostgreSQL refused (with the database's error).
+    sink_dlq: str = "payment.state.changed.dlq"
     state_changed: str = "payment.state.changed"
     notifications: str = "payment.notifications"
     commands: str = "orchestrator-commands"
@@ -97,6 +101,14 @@ class Settings:
     sink_batch_size: int = 500
     max_event_bytes: int = 65536
     api_tokens: tuple[str, ...] = ()
+    #: Tokens that may only read (GET /payments); API_TOKEN tokens may read too.
+    api_read_tokens: tuple[str, ...] = ()
+    #: Failed authentications per remote address per minute before 429.
+    api_auth_failure_limit: int = 20
+    #: Table standby replicas: a survivor takes over a partition with warm state.
+    table_standby_replicas: int = 1
+    #: Processor circuit-breaker waits per payment before it is compensated.
+    max_circuit_waits: int = 10
     #: Command API requests per client per minute.
     api_rate_limit: int = 600
     #: How long an Idempotency-Key is remembered (Stripe: 24 h).
@@ -274,7 +286,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SINK_BATCH_SIZE": ("sink_batch_size", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
     "API_TOKEN": ("api_tokens", _tokens),
+    "API_READ_TOKEN": ("api_read_tokens", _tokens),
+    "API_AUTH_FAILURES_PER_MINUTE": ("api_auth_failure_limit", _positive_int),
     "API_RATE_LIMIT_PER_MINUTE": ("api_rate_limit", _positive_int),
+    "TABLE_STANDBY_REPLICAS": ("table_standby_replicas", _non_negative_int),
+    "MAX_CIRCUIT_WAITS": ("max_circuit_waits", _positive_int),
     "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl", _positive_int),
     "BROKER_SESSION_TIMEOUT_SECONDS": ("broker_session_timeout", _positive_seconds),
     "BROKER_HEARTBEAT_INTERVAL_SECONDS": ("broker_heartbeat_interval", _positive_seconds),
@@ -323,7 +339,7 @@ def load_settings(
 
 def _shown(variable: str, raw: str) -> str:
     """Never echo a secret (a token, a password inside a URL) into a log line."""
-    if variable == "API_TOKEN":
+    if variable in ("API_TOKEN", "API_READ_TOKEN"):
         return "<hidden>"
     # Mask every userinfo part ("user:password@"), in each URL of a list, without parsing
     # (a value that failed to parse may fail to parse again).

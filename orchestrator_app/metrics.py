@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = [
     "REGISTRY",
+    "agent_crashes",
+    "agent_dead_letters",
     "api_requests",
     "breaker_state",
     "command_latency",
@@ -19,9 +21,11 @@ __all__ = [
     "processor_duration",
     "render",
     "retries",
+    "sink_dead_letters",
+    "sink_errors",
+    "sink_last_write",
     "sink_retries",
     "sink_rows",
-    "sink_skipped",
     "timers_fired",
     "transition_errors",
     "transitions",
@@ -96,9 +100,33 @@ sink_retries = Counter(
     "Postgres sink batches retried because the database was unreachable.",
     registry=REGISTRY,
 )
-sink_skipped = Counter(
-    "payment_sink_skipped",
-    "Undecodable state changes the sink skipped (a bug if ever non-zero).",
+sink_dead_letters = Counter(
+    "payment_sink_dead_letters",
+    "State changes the sink could not store, sent to the sink dead-letter topic, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+sink_errors = Counter(
+    "payment_sink_errors",
+    "Unexpected errors of the sink loop (it retries; a bug if ever non-zero), by type.",
+    ["kind"],
+    registry=REGISTRY,
+)
+sink_last_write = Gauge(
+    "payment_sink_last_write_timestamp_seconds",
+    "When the sink last wrote a batch to PostgreSQL (Unix time).",
+    registry=REGISTRY,
+)
+agent_crashes = Counter(
+    "payment_agent_crashes",
+    "Agents that crashed (the worker turns unready and exits non-zero), by agent.",
+    ["agent"],
+    registry=REGISTRY,
+)
+agent_dead_letters = Counter(
+    "payment_agent_dead_letters",
+    "Inputs an agent could not process, dead-lettered so the stream moves on, by stage.",
+    ["stage"],
     registry=REGISTRY,
 )
 

@@ -15,11 +15,13 @@ from orchestrator_app.domain.records import Command, FraudCheckRequest, ProcessR
 __all__ = [
     "ALL_TOPICS",
     "commands",
+    "dead_letters",
     "fraud_requests",
     "notifications",
     "payment_created",
     "payment_created_dlq",
     "processor_requests",
+    "sink_dlq",
     "state_changed",
 ]
 
@@ -43,6 +45,10 @@ payment_created = _topic(
 )
 #: Refused inputs with the raw bytes, the reason and the source position.
 payment_created_dlq = _topic(_names.payment_created_dlq, value_serializer="raw")
+#: What another agent could not process, with stage, reason and source position.
+dead_letters = _topic(_names.dead_letters, key_type=bytes, value_serializer="raw")
+#: State changes PostgreSQL refused, with the database's error (written by the sink).
+sink_dlq = _topic(_names.sink_dlq, key_type=bytes, value_serializer="raw")
 #: Everything that can change a payment, keyed by payment_id (DESIGN §1).
 commands = _topic(_names.commands, key_type=str, value_type=Command)
 #: Work for the fraud agent (NATS fraud.check), keyed by payment_id.
@@ -57,8 +63,8 @@ state_changed = _topic(_names.state_changed, key_type=str, value_serializer="raw
 notifications = _topic(_names.notifications, key_type=str, value_serializer="raw")
 
 ALL_TOPICS = [
-    payment_created, payment_created_dlq, commands, fraud_requests, processor_requests,
-    state_changed, notifications,
+    payment_created, payment_created_dlq, dead_letters, sink_dlq, commands, fraud_requests,
+    processor_requests, state_changed, notifications,
 ]
 
 

@@ -16,18 +16,21 @@ from faust import web
 from prometheus_client.core import GaugeMetricFamily
 from yarl import URL
 
-from orchestrator_app import metrics
-from orchestrator_app.app import app
+from orchestrator_app import metrics, supervision
+from orchestrator_app.app import app, settings
+from orchestrator_app.auth import ApiError, authorize
 from orchestrator_app.clients.postgres import CONNECTION_ERRORS
+from orchestrator_app.clients.redis import REDIS_ERRORS
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Payment
 from orchestrator_app.listing import ListingError, encode_cursor, parse_list_query, single_values
-from orchestrator_app.resources import payment_store
+from orchestrator_app.resources import payment_store, redis_client
 from tables.payments import payments
 
 __all__ = [
     "FORWARDED",
     "Unavailable",
+    "check_local_reads",
     "forward",
     "health",
     "list_payments",
@@ -35,6 +38,7 @@ __all__ = [
     "payment_state",
     "prometheus_metrics",
     "ready",
+    "recovering",
     "routed",
     "state_view",
 ]
@@ -69,14 +73,27 @@ def error(view: web.View, status: int, code: str, message: str, **extra: Any) ->
 
 @app.page("/health")
 async def health(self: web.View, request: web.Request) -> web.Response:
-    """Liveness, in the spec's exact shape."""
+    """Liveness, in the spec's exact shape; 503 once an agent crashed (the worker is about
+    to exit): never a live-looking worker with a dead agent."""
+    problems = supervision.problems()
+    if problems:
+        return json_response(self, {"status": "failing", "service": SERVICE_NAME,
+                                    "problems": problems}, status=503)
     return self.json({"status": "ok", "service": SERVICE_NAME})
+
+
+def recovering() -> bool:
+    """Partitions moving or tables still recovering: local reads may miss payments."""
+    return bool(app.rebalancing) or not app.tables.recovery.completed.is_set()
 
 
 @app.page("/ready")
 async def ready(self: web.View, request: web.Request) -> web.Response:
-    """Readiness: partitions assigned and tables recovered (liveness is /health)."""
-    if app.rebalancing or not app.tables.recovery.completed.is_set():
+    """Readiness: partitions assigned, tables recovered, every agent alive."""
+    problems = supervision.problems()
+    if problems:
+        return error(self, 503, "not_ready", "; ".join(problems))
+    if recovering():
         return error(self, 503, "not_ready", "worker is recovering or rebalancing")
     return self.json({"status": "ready", "service": SERVICE_NAME})
 
@@ -144,9 +161,17 @@ async def routed(
         dest = owner_of(payment_id)
         if dest is not None:
             return await forward(view, request, dest, await request.read())
+        check_local_reads()
     except Unavailable as exc:
         return unavailable(view, exc)
     return await local()
+
+
+def check_local_reads() -> None:
+    """Raise `Unavailable` while this replica's tables may not hold every payment it owns
+    (recovery, rebalance): a 503 with Retry-After, never a 404 for a payment that exists."""
+    if recovering():
+        raise Unavailable("this replica is recovering its partitions")
 
 
 class ConsumerLagCollector:
@@ -204,7 +229,26 @@ async def list_payments(self: web.View, request: web.Request) -> web.Response:
     may lag the live state (``GET /payments/{id}/state``) by a moment, and a payment whose
     first state change has not reached the database yet is not listed. Any replica answers.
     400 names the bad parameter; 503 while the database is unreachable.
+
+    Needs a bearer token (``API_TOKEN`` or the read-only ``API_READ_TOKEN``) and is
+    rate-limited per client like the commands; it reads through its own connection pool,
+    so readers cannot starve the sink (which has its own).
     """
+    try:
+        client = await authorize(request, (*settings.api_tokens, *settings.api_read_tokens))
+        try:
+            decision = await redis_client.rate_limit(f"read:{client}", settings.api_rate_limit)
+        except REDIS_ERRORS:
+            raise ApiError(503, "unavailable", "rate limiter unavailable; retry",
+                           {"Retry-After": "1"}) from None
+        if not decision.allowed:
+            raise ApiError(429, "rate_limited", "too many requests",
+                           {"Retry-After": str(decision.retry_after)})
+    except ApiError as exc:
+        response = error(self, exc.status, exc.code, exc.message)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
     try:
         query = parse_list_query(single_values(request.query.items()))
     except ListingError as exc:

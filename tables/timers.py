@@ -10,6 +10,7 @@ rebalance the table holds timers this process never saw being set).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 from orchestrator_app.domain.records import Timer
 from tables.keyed import payment_keyed_table
@@ -49,6 +50,10 @@ class DueIndex:
         for timer in found:  # keep them until the saga clears them (resend if lost)
             heapq.heappush(self._heap, (timer.due, timer.payment_id, timer.seq))
         return found
+
+    def keep(self, wanted: Callable[[Timer], bool]) -> None:
+        """Drop every timer `wanted` refuses (e.g. those of revoked partitions)."""
+        self.rebuild([t for t in self._current.values() if wanted(t)])
 
     def rebuild(self, pending: list[Timer]) -> None:
         self._current = {t.payment_id: t for t in pending}

@@ -31,44 +31,51 @@ class ServiceUnavailable(Exception):
 
 
 class NatsClient(faust.Service):
-    """One NATS connection per worker, reconnecting forever once established."""
+    """One NATS connection per worker, (re)connecting forever in the background.
+
+    Every request is bounded by its timeout, whatever NATS does: down at start (the request
+    waits for the connection only as long as its timeout allows), reconnecting, draining,
+    closed. A worker never blocks on NATS, and callers see one of three outcomes.
+    """
 
     def __init__(self, url: str, name: str = "payment-orchestrator", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._servers = [u.strip() for u in url.split(",") if u.strip()]
         self._name = name
         self._nc: Client | None = None
-        self._connecting = asyncio.Lock()
-        self._connect_task: asyncio.Future[Client] | None = None
+        self._connected = asyncio.Event()
+        self._connect_task: asyncio.Future[None] | None = None
         self._last_error_log = 0.0
 
     async def on_start(self) -> None:
-        # In the background: a NATS that is down must not keep the worker from starting
-        # (the state API still answers). Requests wait for the connection meanwhile, so
-        # fraud checks and processing queue up instead of failing.
-        self._connect_task = asyncio.ensure_future(self.connect())
+        self._ensure_connecting()
 
-    async def connect(self) -> Client:
-        """Connect once; agents may call before Faust starts this service (it starts late)."""
-        async with self._connecting:
-            if self._nc is None:
-                self._nc = await self._connect()
-        return self._nc
+    def _ensure_connecting(self) -> None:
+        # In the background: a NATS that is down must not keep the worker from starting.
+        if self._connect_task is None:
+            self._connect_task = asyncio.ensure_future(self._connect_forever())
 
-    async def _connect(self) -> Client:
-        nc = await nats.connect(
-            servers=self._servers,
-            name=self._name,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            connect_timeout=5,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while self._nc is None:
+            try:
+                self._nc = await nats.connect(
+                    servers=self._servers,
+                    name=self._name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except Exception as exc:  # nats-py raises several kinds while NATS is down
+                await self._on_error(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._connected.set()
         log.info("connected to NATS")
-        return nc
 
     async def _on_error(self, exc: Exception) -> None:
         """One line, at most every 10 s (nats-py would log a traceback per attempt)."""
@@ -88,19 +95,34 @@ class NatsClient(faust.Service):
             self._connect_task.cancel()
         if self._nc is not None and not self._nc.is_closed:
             try:
-                await self._nc.drain()
-            except NatsError:  # closing anyway
+                await asyncio.wait_for(self._nc.drain(), 2.0)
+            except (NatsError, TimeoutError, OSError):  # closing anyway
                 await self._nc.close()
 
     async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
-        """Send `payload`, return the reply body, or raise one of our two exceptions."""
-        nc = self._nc or await self.connect()
+        """Send `payload`, return the reply body, or raise one of our two exceptions.
+
+        The whole call — waiting for a connection included — takes at most `timeout`.
+        """
+        self._ensure_connecting()
+        deadline = time.monotonic() + timeout
+        if self._nc is None:
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout)
+            except TimeoutError:
+                raise ServiceUnavailable("NATS not connected") from None
+        nc = self._nc
+        assert nc is not None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout(f"no reply on {subject} within {timeout}s")
         try:
-            message = await nc.request(subject, payload, timeout=timeout)
+            message = await asyncio.wait_for(
+                nc.request(subject, payload, timeout=remaining), remaining + 0.5)
         except NoRespondersError:
             raise ServiceUnavailable(f"no responder on {subject}") from None
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):
             raise RequestTimeout(f"no reply on {subject} within {timeout}s") from None
-        except (ConnectionClosedError, NoServersError, OSError) as exc:
+        except (ConnectionClosedError, NoServersError, OSError, NatsError) as exc:
             raise ServiceUnavailable(f"NATS connection problem: {exc.__class__.__name__}") from None
-        return message.data
+        return bytes(message.data)

@@ -81,6 +81,11 @@ class RedisClient(faust.Service):
         retry_after = (bucket + 1) * window - now
         return RateDecision(int(count) <= limit, max(limit - int(count), 0), max(retry_after, 1))
 
+    async def count(self, client: str, window: int = 60) -> int:
+        """How many `rate_limit` hits `client` has in the current window (no increment)."""
+        raw = await self.redis.get(f"po:rate:{client}:{int(time.time()) // window}")
+        return int(raw or 0)
+
     async def idempotency_begin(
         self, client: str, key: str, fingerprint: str, ttl: int
     ) -> IdempotencyRecord | None:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from orchestrator_app.topology import EXPECTED_AGENTS, EXPECTED_TABLES
+from orchestrator_app.topology import EXPECTED_AGENTS, EXPECTED_SERVICES, EXPECTED_TABLES
 
 PROBE = """
 import json
@@ -15,6 +15,10 @@ from orchestrator_app import topology
 app = topology.load()
 print(json.dumps({
     "agents": sorted(app.agents),
+    "services": sorted(f"{type(s).__module__}.{n}" for n, s in
+                       ((n, getattr(__import__(m, fromlist=[n]), n)) for m, n in
+                        (x.rsplit(".", 1) for x in topology.EXPECTED_SERVICES))
+                       if s in app._extra_services),
     "tables": sorted(app.tables),
     "debug_pages": [app.conf.web_tables_enabled, app.conf.web_stats_enabled,
                     app.conf.web_router_enabled],
@@ -32,6 +36,7 @@ def test_app_has_every_agent_and_table() -> None:
                          text=True, timeout=60, check=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
     assert set(found["agents"]) == EXPECTED_AGENTS
+    assert set(found["services"]) == EXPECTED_SERVICES
     assert set(found["tables"]) == EXPECTED_TABLES
     assert found["debug_pages"] == [False, False, False]
     # Table routing hashes the changelog key: it must be the raw payment id, exactly like
