@@ -78,7 +78,14 @@ _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 def parse_body(action: str, raw: bytes) -> dict[str, Any]:
-    """Validate the JSON body of `action`; an empty body is ``{}``."""
+    """Validate the JSON body of `action`; an empty body is ``{}``.
+
+    Text that PostgreSQL cannot store is *refused* here (400): a ``reason`` holding U+0000
+    or another C0 control character other than tab, newline and carriage return, or an
+    unpaired surrogate (``"\\ud800"`` is valid JSON but not encodable as UTF-8). The caller
+    can fix and resend its request. (NATS replies are sanitised instead, as their decision
+    is a fact that must not be lost: `domain.replies.sanitize_text`.)
+    """
     if len(raw) > MAX_BODY:
         raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
     if not raw.strip():
@@ -97,6 +104,12 @@ def parse_body(action: str, raw: bytes) -> dict[str, Any]:
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
         raise ApiError(400, "invalid_body", "reason must be a string of at most 500 characters")
+    if reason is not None:
+        if any(ch < " " and ch not in "\t\n\r" for ch in reason):
+            raise ApiError(400, "invalid_body", "reason must not contain control characters")
+        if any("\ud800" <= ch <= "\udfff" for ch in reason):
+            raise ApiError(400, "invalid_body", "reason must be valid Unicode text "
+                                                "(no unpaired surrogates)")
     if action == "review":
         if body.get("decision") not in ("approve", "reject"):
             raise ApiError(400, "invalid_body", "decision must be 'approve' or 'reject'")

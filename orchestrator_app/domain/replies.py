@@ -2,7 +2,23 @@
 
 A reply we cannot trust is never guessed at: an unreadable fraud reply is treated like an
 unavailable fraud service (MANUAL_REVIEW), an unreadable processor reply like a retryable
-failure, because the processor may or may not have acted.
+failure, because the processor may or may not have acted. Unreadable includes: not JSON, not
+UTF-8, nested too deeply, numbers beyond what `Decimal` holds, and a fraud ``risk_score``
+that is not a plain finite number of sensible size (adjusted exponent within ±20). Nothing
+a responder sends can make these functions raise.
+
+Text that PostgreSQL cannot store is *sanitised* here, not refused: every free-text field
+taken from a reply (``reason``, ``error_code``, ``error_message``, ``confirmation_id``,
+``refund_id``) has U+0000 and the other C0 control characters except tab, newline and
+carriage return (and unpaired surrogates, which UTF-8 cannot encode) replaced by U+FFFD.
+The reply's decision is a fact (the processor charged, the fraud service approved) and must
+not be lost over a stray byte in its text. (The command API, whose caller can fix and resend
+its request, refuses such text with 400 instead: `command_api.parse_body`.)
+
+Results have one command id per attempt *and outcome* (`result_command_id`): a success and
+a failure of the same attempt (two copies of one request, redelivered after a rebalance)
+are different facts, and the saga must see both, so that a success is never dropped as a
+duplicate of the failure.
 """
 
 from __future__ import annotations
@@ -22,8 +38,35 @@ __all__ = [
     "process_failure",
     "process_result",
     "process_wire_body",
+    "refund_command_id",
     "result_command_id",
+    "sanitize_text",
 ]
+
+#: A fraud score's adjusted exponent (`Decimal.adjusted`) must lie within this range.
+MAX_SCORE_EXPONENT = 20
+
+#: C0 controls except \t \n \r, and the surrogate range, become U+FFFD.
+_UNSTORABLE = {
+    **{code: 0xFFFD for code in range(0x20) if chr(code) not in "\t\n\r"},
+    **{code: 0xFFFD for code in range(0xD800, 0xE000)},
+}
+
+
+def sanitize_text(text: str) -> str:
+    """`text` with U+0000, the other C0 controls except tab/newline/CR, and unpaired
+    surrogates replaced by U+FFFD: storable in PostgreSQL, same length."""
+    return text.translate(_UNSTORABLE)
+
+
+def _text(value: Any, limit: int) -> str:
+    """A reply's free-text field as storable text of at most `limit` characters."""
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # a pathological value (e.g. nested too deeply to print)
+            value = f"<{type(value).__name__}>"
+    return sanitize_text(value[:limit])
 
 
 def fraud_command_id(payment_id: str) -> str:
@@ -31,8 +74,18 @@ def fraud_command_id(payment_id: str) -> str:
     return f"{payment_id}:fraud"
 
 
-def process_command_id(payment_id: str, attempt: int) -> str:
-    return f"{payment_id}:process:{attempt}"
+def _outcome(success: bool) -> str:
+    return "ok" if success else "fail"
+
+
+def process_command_id(payment_id: str, attempt: int, success: bool) -> str:
+    """``<payment_id>:process:<attempt>:ok`` or ``…:fail``: one id per attempt and outcome."""
+    return f"{payment_id}:process:{attempt}:{_outcome(success)}"
+
+
+def refund_command_id(payment_id: str, attempt: int, success: bool) -> str:
+    """``<payment_id>:refund:<attempt>:ok`` or ``…:fail``."""
+    return f"{payment_id}:refund:{attempt}:{_outcome(success)}"
 
 
 def fraud_wire_body(request: FraudCheckRequest) -> dict[str, Any]:
@@ -67,10 +120,11 @@ def _result_kind(request: ProcessRequest) -> CommandKind:
     return CommandKind.PROCESS_RESULT
 
 
-def result_command_id(request: ProcessRequest) -> str:
+def result_command_id(request: ProcessRequest, success: bool) -> str:
+    """The id of the result of `request`: distinct for a success and a failure."""
     if request.operation == Operation.REFUND:
-        return f"{request.payment_id}:refund:{request.attempt}"
-    return process_command_id(request.payment_id, request.attempt)
+        return refund_command_id(request.payment_id, request.attempt, success)
+    return process_command_id(request.payment_id, request.attempt, success)
 
 
 def fraud_unavailable(payment_id: str, reason: str, now: str) -> Command:
@@ -83,11 +137,37 @@ def fraud_unavailable(payment_id: str, reason: str, now: str) -> Command:
     )
 
 
+def _decode(reply: bytes) -> Any:
+    """The decoded reply, or None when it cannot be decoded, whatever the reason."""
+    try:
+        return loads(reply)
+    except Exception:  # ValueError, any DecimalException, RecursionError, TypeError, ...
+        return None
+
+
+def _readable_score(score: Any) -> bool:
+    """A finite number whose adjusted exponent (`Decimal.adjusted`, the exponent of its
+    leading digit) is within ±`MAX_SCORE_EXPONENT`: judged on the decimal's own exponent,
+    without context arithmetic, so ``1e999999999`` or ``0E-1000`` never reach the saga."""
+    if isinstance(score, bool) or not isinstance(score, (int, Decimal)):
+        return False
+    value = Decimal(score)
+    if not value.is_finite():
+        return False
+    return -MAX_SCORE_EXPONENT <= value.adjusted() <= MAX_SCORE_EXPONENT
+
+
 def fraud_result(payment_id: str, reply: bytes, now: str) -> Command:
     """A FRAUD_RESULT command, or FRAUD_UNAVAILABLE if the reply is not a valid answer."""
     try:
-        data = loads(reply)
-    except (ValueError, UnicodeDecodeError):
+        return _fraud_result(payment_id, reply, now)
+    except Exception:  # never raise out of the fraud agent, whatever the reply
+        return fraud_unavailable(payment_id, "fraud service sent an unreadable reply", now)
+
+
+def _fraud_result(payment_id: str, reply: bytes, now: str) -> Command:
+    data = _decode(reply)
+    if data is None:
         return fraud_unavailable(payment_id, "fraud service sent an unreadable reply", now)
     if not isinstance(data, dict) or data.get("payment_id") != payment_id:
         return fraud_unavailable(payment_id, "fraud reply is for another payment", now)
@@ -101,6 +181,8 @@ def fraud_result(payment_id: str, reply: bytes, now: str) -> Command:
         or not isinstance(reason, str)
     ):
         return fraud_unavailable(payment_id, "fraud reply has missing or mistyped fields", now)
+    if not _readable_score(score):
+        return fraud_unavailable(payment_id, "fraud reply has an unreadable risk_score", now)
     return Command(
         kind=CommandKind.FRAUD_RESULT.value,
         payment_id=payment_id,
@@ -108,7 +190,7 @@ def fraud_result(payment_id: str, reply: bytes, now: str) -> Command:
         issued_at=now,
         approved=approved,
         risk_score=Decimal(score),
-        reason=reason[:500],
+        reason=_text(reason, 500),
     )
 
 
@@ -119,22 +201,30 @@ def process_failure(
     return Command(
         kind=_result_kind(request).value,
         payment_id=request.payment_id,
-        command_id=result_command_id(request),
+        command_id=result_command_id(request, success=False),
         issued_at=now,
         attempt=request.attempt,
         success=False,
-        error_code=code,
-        error_message=message,
+        error_code=sanitize_text(code),
+        error_message=sanitize_text(message),
         retryable=retryable,
         retry_after=retry_after,
     )
 
 
 def process_result(request: ProcessRequest, reply: bytes, now: str) -> Command:
+    """A PROCESS_RESULT / REFUND_RESULT command: the reply's success or failure, or a
+    retryable ``invalid_reply`` failure when the reply cannot be read."""
     try:
-        data = loads(reply)
-    except (ValueError, UnicodeDecodeError):
-        data = None
+        return _process_result(request, reply, now)
+    except Exception:  # never raise out of the processor agent, whatever the reply
+        return process_failure(
+            request, "invalid_reply", "processor sent an unreadable reply", True, now
+        )
+
+
+def _process_result(request: ProcessRequest, reply: bytes, now: str) -> Command:
+    data = _decode(reply)
     if not isinstance(data, dict) or data.get("payment_id") != request.payment_id:
         return process_failure(
             request, "invalid_reply", "processor sent an unreadable reply", True, now
@@ -148,17 +238,17 @@ def process_result(request: ProcessRequest, reply: bytes, now: str) -> Command:
         return Command(
             kind=_result_kind(request).value,
             payment_id=request.payment_id,
-            command_id=result_command_id(request),
+            command_id=result_command_id(request, success=True),
             issued_at=now,
             attempt=request.attempt,
             success=True,
-            confirmation_id=str(data.get("confirmation_id") or "")[:255],
-            refund_id=str(data.get("refund_id") or "")[:255] or None,
+            confirmation_id=_text(data.get("confirmation_id") or "", 255),
+            refund_id=_text(data.get("refund_id") or "", 255) or None,
         )
     return process_failure(
         request,
-        str(data.get("error_code") or "processor_error")[:100],
-        str(data.get("error_message") or "")[:500],
+        _text(data.get("error_code") or "processor_error", 100),
+        _text(data.get("error_message") or "", 500),
         data.get("retryable") is True,
         now,
     )

@@ -12,6 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import CommandKind, FraudCheckRequest, ProcessRequest
@@ -24,7 +26,9 @@ from orchestrator_app.domain.replies import (
     process_failure,
     process_result,
     process_wire_body,
+    refund_command_id,
     result_command_id,
+    sanitize_text,
 )
 from orchestrator_app.simulator import Rules, fraud_reply, process_reply, refund_reply
 
@@ -137,7 +141,10 @@ def test_fraud_unavailable_and_command_ids() -> None:
         K.FRAUD_UNAVAILABLE, "pay-1:fraud", "fraud check timed out", NOW,
     )
     assert fraud_command_id("p-9") == "p-9:fraud"
-    assert process_command_id("p-9", 4) == "p-9:process:4"
+    assert process_command_id("p-9", 4, success=True) == "p-9:process:4:ok"
+    assert process_command_id("p-9", 4, success=False) == "p-9:process:4:fail"
+    assert refund_command_id("p-9", 2, success=True) == "p-9:refund:2:ok"
+    assert refund_command_id("p-9", 2, success=False) == "p-9:refund:2:fail"
 
 
 def test_fraud_wire_body_has_exactly_the_spec_fields() -> None:
@@ -161,19 +168,21 @@ def test_payment_success_becomes_a_process_result() -> None:
                          NOW)
     assert cmd.kind == K.PROCESS_RESULT
     assert (cmd.payment_id, cmd.command_id, cmd.issued_at, cmd.attempt) == (
-        PID, "pay-1:process:2", NOW, 2,
+        PID, "pay-1:process:2:ok", NOW, 2,
     )
     assert (cmd.success, cmd.confirmation_id, cmd.refund_id) == (True, "conf-7", None)
-    assert result_command_id(request) == "pay-1:process:2"
+    assert result_command_id(request, success=True) == "pay-1:process:2:ok"
+    assert result_command_id(request, success=False) == "pay-1:process:2:fail"
 
 
 def test_refund_success_becomes_a_refund_result() -> None:
     request = refund_request(attempt=3)
     cmd = process_result(request, body(payment_id=PID, success=True, refund_id="ref-1"), NOW)
     assert cmd.kind == K.REFUND_RESULT
-    assert (cmd.command_id, cmd.attempt, cmd.success) == ("pay-1:refund:3", 3, True)
+    assert (cmd.command_id, cmd.attempt, cmd.success) == ("pay-1:refund:3:ok", 3, True)
     assert cmd.refund_id == "ref-1"
-    assert result_command_id(request) == "pay-1:refund:3"
+    assert result_command_id(request, success=True) == "pay-1:refund:3:ok"
+    assert result_command_id(request, success=False) == "pay-1:refund:3:fail"
 
 
 def test_success_ids_are_bounded_and_optional() -> None:
@@ -195,7 +204,8 @@ def test_failure_reply_fields(request_: ProcessRequest) -> None:
                                         retryable=False), NOW)
     refund = request_.operation == "refund"
     assert cmd.kind == (K.REFUND_RESULT if refund else K.PROCESS_RESULT)
-    assert cmd.command_id == result_command_id(request_)
+    assert cmd.command_id == result_command_id(request_, success=False)
+    assert cmd.command_id.endswith(":fail")
     assert (cmd.success, cmd.error_code, cmd.error_message, cmd.retryable) == (
         False, "card_declined", "Card declined by issuer", False,
     )
@@ -240,7 +250,7 @@ def test_unreadable_processor_reply_is_a_retryable_failure(request_: ProcessRequ
     cmd = process_result(request_, reply, NOW)
     refund = request_.operation == "refund"
     assert cmd.kind == (K.REFUND_RESULT if refund else K.PROCESS_RESULT)
-    assert cmd.command_id == result_command_id(request_)
+    assert cmd.command_id == result_command_id(request_, success=False)
     assert (cmd.success, cmd.error_code, cmd.retryable) == (False, "invalid_reply", True)
     assert cmd.error_message
     assert cmd.attempt == request_.attempt
@@ -249,13 +259,13 @@ def test_unreadable_processor_reply_is_a_retryable_failure(request_: ProcessRequ
 def test_process_failure_carries_retry_after() -> None:
     cmd = process_failure(payment_request(attempt=5), "circuit_open", "breaker open", True,
                           NOW, retry_after=12.5)
-    assert (cmd.kind, cmd.command_id, cmd.attempt) == (K.PROCESS_RESULT, "pay-1:process:5", 5)
+    assert (cmd.kind, cmd.command_id, cmd.attempt) == (K.PROCESS_RESULT, "pay-1:process:5:fail", 5)
     assert (cmd.success, cmd.error_code, cmd.retryable, cmd.retry_after) == (
         False, "circuit_open", True, 12.5,
     )
     refund = process_failure(refund_request(attempt=2), "timeout", "no answer", True, NOW)
     assert (refund.kind, refund.command_id, refund.retry_after) == (
-        K.REFUND_RESULT, "pay-1:refund:2", None,
+        K.REFUND_RESULT, "pay-1:refund:2:fail", None,
     )
 
 
@@ -434,7 +444,7 @@ def test_refund_fail_merchant_still_completes_its_payment() -> None:
 def test_simulator_replies_are_understood_by_the_orchestrator() -> None:
     payment = payment_request(1)
     cmd = process_result(payment, codec.dumps(process_reply(wire(payment), Rules())), NOW)
-    assert (cmd.kind, cmd.success, cmd.command_id) == (K.PROCESS_RESULT, True, "pay-1:process:1")
+    assert (cmd.kind, cmd.success, cmd.command_id) == (K.PROCESS_RESULT, True, "pay-1:process:1:ok")
     assert cmd.confirmation_id and cmd.confirmation_id.startswith("conf-")
 
     declined = payment_request(1, merchant_id="fail-1")
@@ -443,9 +453,213 @@ def test_simulator_replies_are_understood_by_the_orchestrator() -> None:
 
     refund = refund_request(2)
     cmd = process_result(refund, codec.dumps(refund_reply(wire(refund))), NOW)
-    assert (cmd.kind, cmd.success, cmd.command_id) == (K.REFUND_RESULT, True, "pay-1:refund:2")
+    assert (cmd.kind, cmd.success, cmd.command_id) == (K.REFUND_RESULT, True, "pay-1:refund:2:ok")
     assert cmd.refund_id and cmd.refund_id.startswith("ref-")
 
     refused = refund_request(1, merchant_id="refund-fail-1")
     cmd = process_result(refused, codec.dumps(refund_reply(wire(refused))), NOW)
     assert (cmd.kind, cmd.success, cmd.error_code) == (K.REFUND_RESULT, False, "refund_declined")
+
+
+# --- one id per attempt and outcome ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_", [payment_request(), refund_request()],
+                         ids=["payment", "refund"])
+def test_success_and_failure_of_one_attempt_have_different_ids(
+    request_: ProcessRequest,
+) -> None:
+    """Two copies of one request may answer differently (one timed out, one charged):
+    both must reach the saga, so the success is never a "duplicate" of the failure."""
+    ok = process_result(request_, body(payment_id=PID, success=True, confirmation_id="c-1"),
+                        NOW)
+    declined = process_result(request_, body(payment_id=PID, success=False,
+                                             error_code="card_declined"), NOW)
+    timeout = process_failure(request_, "timeout", "no answer", True, NOW)
+    unreadable = process_result(request_, b"garbage", NOW)
+    assert ok.command_id.endswith(":ok")
+    assert declined.command_id == timeout.command_id == unreadable.command_id
+    assert declined.command_id.endswith(":fail")
+    assert ok.command_id.removesuffix(":ok") == declined.command_id.removesuffix(":fail")
+    # and another attempt has other ids
+    other = process_result(payment_request(attempt=request_.attempt + 1) if
+                           request_.operation == "payment" else
+                           refund_request(attempt=request_.attempt + 1),
+                           body(payment_id=PID, success=True), NOW)
+    assert other.command_id != ok.command_id
+
+
+# --- text PostgreSQL cannot store is sanitised -------------------------------------------------
+
+UNSTORABLE = "a\x00b\x01c\x1fd\x7fe\tf\ng\rh\ud800i"
+CLEANED = "a\ufffdb\ufffdc\ufffdd\x7fe\tf\ng\rh\ufffdi"
+
+
+def test_sanitize_text() -> None:
+    assert sanitize_text(UNSTORABLE) == CLEANED
+    assert sanitize_text("") == ""
+    assert sanitize_text("plain \u00e9 \U0001f4b8 text") == "plain \u00e9 \U0001f4b8 text"
+    for code in range(0x20):
+        kept = chr(code) in "\t\n\r"
+        assert (sanitize_text(chr(code)) == chr(code)) is kept
+    CLEANED.encode("utf-8")  # storable: encodes, and holds no NUL
+    assert "\x00" not in CLEANED
+
+
+def test_fraud_reply_text_is_sanitised_and_the_decision_kept() -> None:
+    cmd = fraud_result(PID, body(payment_id=PID, approved=False, risk_score=Decimal("0.9"),
+                                 reason=UNSTORABLE), NOW)
+    assert (cmd.kind, cmd.approved) == (K.FRAUD_RESULT, False)
+    assert cmd.reason == CLEANED
+
+
+@pytest.mark.parametrize("request_", [payment_request(), refund_request()],
+                         ids=["payment", "refund"])
+def test_processor_reply_text_is_sanitised_and_the_outcome_kept(
+    request_: ProcessRequest,
+) -> None:
+    ok = process_result(request_, body(payment_id=PID, success=True,
+                                       confirmation_id=UNSTORABLE, refund_id=UNSTORABLE), NOW)
+    assert ok.success is True
+    assert (ok.confirmation_id, ok.refund_id) == (CLEANED, CLEANED)
+    failed = process_result(request_, body(payment_id=PID, success=False,
+                                           error_code=UNSTORABLE, error_message=UNSTORABLE,
+                                           retryable=True), NOW)
+    assert (failed.success, failed.retryable) == (False, True)
+    assert (failed.error_code, failed.error_message) == (CLEANED, CLEANED)
+    # the raw JSON escape form too
+    raw = b'{"payment_id":"pay-1","success":true,"confirmation_id":"c\\u0000-1"}'
+    assert process_result(request_, raw, NOW).confirmation_id == "c\ufffd-1"
+
+
+def test_process_failure_sanitises_what_the_agent_passes() -> None:
+    cmd = process_failure(payment_request(), "connection_error", "lost \x00 link", True, NOW)
+    assert cmd.error_message == "lost \ufffd link"
+
+
+def test_non_string_reply_texts_become_bounded_text() -> None:
+    cmd = process_result(payment_request(), body(payment_id=PID, success=False,
+                                                 error_code=12, error_message=["x"] * 400),
+                         NOW)
+    assert cmd.error_code == "12"
+    assert cmd.error_message is not None and len(cmd.error_message) == 500
+
+
+# --- fraud scores that are not sensible numbers ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "score",
+    [b"1e999999999", b"1e21", b"1e-21", b"-1e21", b"0E-1000", b"0e+21",
+     b"1" + b"0" * 21, b"0." + b"0" * 20 + b"1", b"1e99999999999999999999999"],
+)
+def test_fraud_reply_with_an_unreadable_score_means_unavailable(score: bytes) -> None:
+    reply = b'{"payment_id":"pay-1","approved":true,"risk_score":' + score + b',"reason":""}'
+    cmd = fraud_result(PID, reply, NOW)
+    assert cmd.kind == K.FRAUD_UNAVAILABLE
+    assert cmd.risk_score is None
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(b"0", Decimal(0)), (b"0.0", Decimal("0.0")), (b"1e20", Decimal("1E+20")),
+     (b"1e-20", Decimal("1E-20")), (b"0.95", Decimal("0.95")), (b"-3", Decimal(-3)),
+     (b"1" + b"0" * 20, Decimal(10) ** 20)],
+)
+def test_fraud_reply_with_a_sensible_score_is_read_exactly(score: bytes,
+                                                           expected: Decimal) -> None:
+    reply = b'{"payment_id":"pay-1","approved":true,"risk_score":' + score + b',"reason":""}'
+    cmd = fraud_result(PID, reply, NOW)
+    assert cmd.kind == K.FRAUD_RESULT
+    assert cmd.risk_score is not None
+    assert cmd.risk_score.as_tuple() == expected.as_tuple()
+
+
+# --- nothing a responder sends makes these raise ----------------------------------------------
+
+ODD_REPLIES = [
+    b"[" * 100_000,
+    b'{"payment_id":"pay-1","success":true,"x":' + b"[" * 50_000,
+    b'{"payment_id":"pay-1","approved":true,"risk_score":1e99999999999999999999999}',
+    b'{"payment_id":"pay-1","success":true,"n":1e99999999999999999999999}',
+    b'{"payment_id":"pay-1","success":true,"n":' + b"9" * 5000 + b"}",
+    b"\xed\xa0\x80",
+    b"\x00",
+]
+
+
+@pytest.mark.parametrize("reply", ODD_REPLIES)
+def test_odd_replies_never_raise(reply: bytes) -> None:
+    assert fraud_result(PID, reply, NOW).kind == K.FRAUD_UNAVAILABLE
+    for request_ in (payment_request(), refund_request()):
+        cmd = process_result(request_, reply, NOW)
+        assert (cmd.success, cmd.error_code, cmd.retryable) == (False, "invalid_reply", True)
+
+
+def test_a_success_with_an_odd_extra_field_is_still_a_success() -> None:
+    deep = b'{"payment_id":"pay-1","success":true,"confirmation_id":"c-1","x":' + (
+        b"[" * 200 + b"]" * 200 + b"}")
+    cmd = process_result(payment_request(), deep, NOW)
+    assert (cmd.success, cmd.confirmation_id) == (True, "c-1")
+
+
+_odd_text = st.text(st.characters(codec=None) | st.sampled_from(["\x00", "\ud800", "\x1b"]),
+                    max_size=30)
+_numbers = st.sampled_from(["0", "0.12", "1e999999999", "1e99999999999999999999999",
+                            "-0", "1e-400", "9" * 50, "NaN", "Infinity"])
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | _odd_text | _numbers.map(lambda n: ("#", n)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_odd_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _json(value: Any) -> bytes:
+    """JSON with ("#", text) pairs written as the raw number text."""
+    if isinstance(value, tuple):
+        return value[1].encode()
+    if isinstance(value, list):
+        return b"[" + b",".join(_json(v) for v in value) + b"]"
+    if isinstance(value, dict):
+        return b"{" + b",".join(codec.dumps(k) + b":" + _json(v) for k, v in value.items()) + b"}"
+    return codec.dumps(value)
+
+
+def _check_storable(*texts: str | None) -> None:
+    for text in texts:
+        if text is not None:
+            assert "\x00" not in text
+            text.encode("utf-8")  # no unpaired surrogates
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.fixed_dictionaries(
+        {"payment_id": st.sampled_from([PID, PID, "pay-2"]) | _values},
+        optional={"approved": st.booleans() | _values, "risk_score": _values,
+                  "reason": _values, "success": st.booleans() | _values,
+                  "confirmation_id": _values, "refund_id": _values, "error_code": _values,
+                  "error_message": _values, "retryable": _values},
+    ),
+    garbage=st.binary(max_size=8),
+    cut=st.integers(0, 400),
+)
+def test_any_reply_becomes_a_command_and_never_raises(
+    fields: dict[str, Any], garbage: bytes, cut: int
+) -> None:
+    raw = _json(fields)
+    for reply in (raw, raw[:cut] + garbage + raw[cut:]):
+        fraud = fraud_result(PID, reply, NOW)
+        assert fraud.kind in (K.FRAUD_RESULT, K.FRAUD_UNAVAILABLE)
+        assert fraud.command_id == "pay-1:fraud"
+        _check_storable(fraud.reason)
+        if fraud.kind == K.FRAUD_RESULT:
+            assert fraud.risk_score is not None and fraud.risk_score.is_finite()
+            assert -20 <= fraud.risk_score.adjusted() <= 20
+        for request_ in (payment_request(), refund_request()):
+            cmd = process_result(request_, reply, NOW)
+            assert isinstance(cmd.success, bool)
+            assert cmd.command_id == result_command_id(request_, cmd.success)
+            _check_storable(cmd.confirmation_id, cmd.refund_id, cmd.error_code,
+                            cmd.error_message)
+            assert type(cmd).loads(cmd.dumps()) == cmd  # it travels on the commands topic
