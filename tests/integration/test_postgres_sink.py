@@ -28,7 +28,7 @@ from orchestrator_app.devstack import Stack, postgres_bindir, tail
 from orchestrator_app.domain import codec
 from orchestrator_app.schema import migrate
 from tests.kafka_util import produce, read_until
-from tests.saga_util import await_states, metric
+from tests.saga_util import await_states, metric, metric_samples
 from tests.workers import SimulatorProcess, WorkerProcess, stop_group
 
 pytestmark = pytest.mark.integration
@@ -120,6 +120,10 @@ def state_changes(pids: set[str], versions: int | dict[str, int]) -> Callable[[R
     return done
 
 
+def sink_dead_letters(worker: WorkerProcess) -> float:
+    return sum(metric_samples(worker, "payment_sink_dead_letters_total").values())
+
+
 def assert_history_matches_events(history: list[dict[str, Any]], records: Records) -> None:
     """Each history row is its event: state, previous state, event id, metadata, time."""
     events = {}
@@ -184,7 +188,7 @@ async def test_redelivered_state_changes_change_nothing(
     states_after, history_after = await fetch_rows(url, pids)
     assert (states_after, history_after) == (states_before, history_before)
     assert states_after[0]["current_state"] == "COMPLETED" and states_after[0]["version"] == 5
-    assert metric(worker, "payment_sink_skipped_total") == 0
+    assert sink_dead_letters(worker) == 0
 
 
 # --- (b) exact amounts -------------------------------------------------------------------
@@ -202,27 +206,32 @@ async def test_amounts_are_stored_exactly(
     worker.wait_healthy()
     run = uuid.uuid4().hex[:10]
     # The simulator rejects amounts >= 10000 at the fraud check: the largest one ends REJECTED.
+    # Decimals as the currency allows (ISO 4217 minor unit: USD 2, KWD 3, CLF 4, JPY 0).
     cases = {
-        f"amount-{run}-a": ("0.1", COMPLETED_PATH),
-        f"amount-{run}-b": ("100.50", COMPLETED_PATH),
-        f"amount-{run}-c": ("99999999999.9999", REJECTED_PATH),
-        f"amount-{run}-d": ("0.0001", COMPLETED_PATH),
-        f"amount-{run}-e": ("0.3", COMPLETED_PATH),  # 0.1 + 0.2 in binary floats
-        f"amount-{run}-f": ("123456789012345.1234", REJECTED_PATH),  # the widest allowed
+        f"amount-{run}-a": ("0.1", COMPLETED_PATH, "USD"),
+        f"amount-{run}-b": ("100.50", COMPLETED_PATH, "USD"),
+        f"amount-{run}-c": ("99999999999.9999", REJECTED_PATH, "CLF"),
+        f"amount-{run}-d": ("0.0001", COMPLETED_PATH, "CLF"),
+        f"amount-{run}-e": ("0.3", COMPLETED_PATH, "USD"),  # 0.1 + 0.2 in binary floats
+        f"amount-{run}-f": ("123456789012345.1234", REJECTED_PATH, "CLF"),  # the widest
+        f"amount-{run}-g": ("1.005", COMPLETED_PATH, "KWD"),
+        f"amount-{run}-h": ("5000", COMPLETED_PATH, "JPY"),
     }
     # Raw JSON with the amount written exactly as given (no re-encoding on our side).
     items = []
-    for pid, (amount, _) in cases.items():
-        raw = created(pid, Decimal("1")).replace(b'"amount":1', b'"amount":' + amount.encode())
+    for pid, (amount, _, currency) in cases.items():
+        raw = created(pid, Decimal("1"), currency=currency).replace(
+            b'"amount":1', b'"amount":' + amount.encode())
         assert f'"amount":{amount},'.encode() in raw
         items.append((pid.encode(), raw))
     await produce(kafka_brokers, env["TOPIC_PREFIX"] + "payment.created", items)
-    await await_states(worker, {pid: path[-1] for pid, (_, path) in cases.items()})
+    await await_states(worker, {pid: path[-1] for pid, (_, path, _) in cases.items()})
     await wait_sunk(migrated_database_url,
-                    {pid: len(path) for pid, (_, path) in cases.items()})
+                    {pid: len(path) for pid, (_, path, _) in cases.items()})
     states, _ = await fetch_rows(migrated_database_url, list(cases))
     for row in states:
-        amount, path = cases[row["payment_id"]]
+        amount, path, currency = cases[row["payment_id"]]
+        assert row["currency"] == currency
         assert row["amount"] == Decimal(amount), (row["payment_id"], row["amount"], amount)
         assert row["amount"].as_tuple().exponent == -4  # NUMERIC(19,4), never a float
         assert row["current_state"] == path[-1]
@@ -230,13 +239,17 @@ async def test_amounts_are_stored_exactly(
     # On the wire too: a JSON number equal to the input, never a string or a float.
     records = await read_until(
         kafka_brokers, env["TOPIC_PREFIX"] + "payment.state.changed",
-        state_changes(set(cases), {pid: len(p) for pid, (_, p) in cases.items()}), 30)
+        state_changes(set(cases), {pid: len(p) for pid, (_, p, _) in cases.items()}), 30)
     for r in records:
         event = codec.loads(r.value)
-        assert isinstance(event["amount"], Decimal)
+        # A JSON number: decimals decode to Decimal, a whole JPY amount to an int.
+        assert isinstance(event["amount"], (Decimal, int)), r.value
         assert event["amount"] == Decimal(cases[event["payment_id"]][0])
         literal = re.search(rb'"amount":([^,}]*)', r.value)
         assert literal is not None and re.fullmatch(rb"[0-9]+(\.[0-9]+)?", literal[1]), r.value
+        # One canonical form: exactly the currency's minor unit (100.5 USD is "100.50").
+        places = {"USD": 2, "KWD": 3, "CLF": 4, "JPY": 0}[event["currency"]]
+        assert -Decimal(event["amount"]).as_tuple().exponent == places, r.value
 
 
 # --- (c) database down -------------------------------------------------------------------
@@ -368,7 +381,7 @@ async def test_database_outage_stops_nothing_and_the_sink_catches_up(
     # The sink noticed and keeps retrying with backoff (it did not skip or drop the batch);
     # stay down for a few retries (0.2 + 0.4 + 0.8 + 1.6 s).
     await wait_metric(worker, "payment_sink_retries_total", 5, timeout=20)
-    assert metric(worker, "payment_sink_skipped_total") == 0
+    assert sink_dead_letters(worker) == 0
     assert pg.postmaster_pid() is None  # still down while the payments completed
 
     # Back, on the same port with the same data: the sink catches up.
@@ -396,3 +409,69 @@ async def test_database_outage_stops_nothing_and_the_sink_catches_up(
     assert_history_matches_events(history, records)
     print(f"\n[outage] {len(during)} payments COMPLETED {moved_in:.1f}s into the outage; "
           f"sink caught up {caught_up_in:.1f}s after Postgres came back")
+
+
+# --- (d) rows PostgreSQL refuses ---------------------------------------------------------
+
+
+def state_event(pid: str, version: int, **overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "payment_id": pid, "previous_state": None, "current_state": "NEW",
+        "amount": Decimal("12.50"), "currency": "USD", "customer_id": "customer-1",
+        "merchant_id": "merchant-1", "changed_at": "2026-12-01T10:00:00.000Z",
+        "metadata": {}, "version": version, "event_id": f"{pid}:{version}",
+    }
+    event.update(overrides)
+    return event
+
+
+async def test_refused_rows_are_dead_lettered_and_good_rows_written(
+    kafka_brokers: str, migrated_database_url: str,
+    worker_env: Callable[..., dict[str, str]],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    """One batch mixing good rows with rows PostgreSQL cannot store: the batch is split, the
+    good rows are written, each bad one is on the sink dead-letter topic with the database's
+    error, and the sink keeps going (nothing acked before written or dead-lettered)."""
+    env = worker_env(kafka_brokers, SINK_BATCH_SIZE="500")
+    prefix = env["TOPIC_PREFIX"]
+    worker = spawn_worker(env)
+    worker.wait_healthy()
+    run = uuid.uuid4().hex[:10]
+    good = [f"good-{run}-{i}" for i in range(40)]
+    bad_nul, bad_exp, junk = f"nul-{run}", f"exp-{run}", f"junk-{run}"
+    items: list[tuple[bytes | None, bytes]] = []
+    for i, pid in enumerate(good):
+        items.append((pid.encode(), codec.dumps(state_event(pid, 1))))
+        if i == 10:  # jsonb cannot hold U+0000
+            items.append((bad_nul.encode(), codec.dumps(
+                state_event(bad_nul, 1, metadata={"reason": "a\u0000b"}))))
+        if i == 25:  # NUMERIC cannot hold this exponent
+            items.append((bad_exp.encode(), codec.dumps(
+                state_event(bad_exp, 1, amount=Decimal("1e-1000027")))))
+        if i == 30:
+            items.append((junk.encode(), b"\xff not json"))
+    await produce(kafka_brokers, prefix + "payment.state.changed", items)
+    await wait_sunk(migrated_database_url, dict.fromkeys(good, 1))
+
+    dlq = await read_until(kafka_brokers, prefix + "payment.state.changed.dlq",
+                           lambda rs: len(rs) >= 3, 30)
+    letters = {r.key.decode(): codec.loads(r.value) for r in dlq}
+    assert len(dlq) == 3 and set(letters) == {bad_nul, bad_exp, junk}
+    for pid, letter in letters.items():
+        assert letter["stage"] == "postgres_sink"
+        assert letter["source_topic"] == prefix + "payment.state.changed"
+        assert isinstance(letter["source_offset"], int)
+    assert letters[bad_nul]["reason_code"] == "rejected_by_database"
+    assert letters[bad_exp]["reason_code"] == "rejected_by_database"
+    assert letters[junk]["reason_code"] == "undecodable"
+    states, _ = await fetch_rows(migrated_database_url, [bad_nul, bad_exp])
+    assert states == []
+    assert sink_dead_letters(worker) == 3
+
+    # The sink is alive and keeps writing.
+    later = f"later-{run}"
+    await produce(kafka_brokers, prefix + "payment.state.changed",
+                  [(later.encode(), codec.dumps(state_event(later, 1)))])
+    await wait_sunk(migrated_database_url, {later: 1})
+    assert worker.get("/ready")[0] == 200
