@@ -58,7 +58,8 @@ def _remote(request: Any) -> str:
 
 async def authorize(request: Any, tokens: Sequence[str]) -> str:
     """`authenticate` the request's bearer token, refusing addresses that failed too often."""
-    key = f"authfail:{_remote(request)}"
+    # Per app: replicas of one deployment share the count, other deployments do not.
+    key = f"authfail:{settings.app_id}:{_remote(request)}"
     limit = settings.api_auth_failure_limit
     try:
         failures = await redis_client.count(key)

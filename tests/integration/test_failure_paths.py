@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 from orchestrator_app.devstack import find_exe, free_port
 from tests.kafka_util import produce, read_until
 from tests.saga_util import created_event, get_state, metric, states, wait_for_states
-from tests.workers import SimulatorProcess, WorkerProcess
+from tests.workers import SimulatorProcess, WorkerProcess, stop_group
 
 pytestmark = pytest.mark.integration
 
@@ -162,23 +162,30 @@ async def test_fraud_breaker_opens_then_closes(
     assert status == 200
 
 
-async def test_payments_wait_for_nats_and_finish_when_it_comes_up(
+async def test_nats_down_at_start_bounds_every_wait_and_flow_resumes_when_it_is_up(
     kafka_brokers: str, worker_env: Env, spawn_worker: Spawn, tmp_path: Path,
 ) -> None:
-    """NATS down when the worker starts: it still starts, payments queue in FRAUD_CHECK
-    (nothing fails, nothing is lost) and finish once NATS and a fraud service are up."""
+    """NATS down when the worker starts: the worker starts anyway, and a fraud check waits
+    no longer than its timeout (→ MANUAL_REVIEW, never stuck in FRAUD_CHECK). Once NATS and
+    a fraud service are up, the next payment completes (the worker connected by itself).
+
+    Deterministic: the second payment is produced only after the simulator subscribed."""
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
-    env = worker_env(kafka_brokers, NATS_URL=url)
+    env = worker_env(kafka_brokers, NATS_URL=url, FRAUD_CHECK_TIMEOUT_SECONDS="2")
+    topic = f"{env['TOPIC_PREFIX']}payment.created"
     worker = spawn_worker(env)
     worker.wait_healthy()
-    pid = f"no-nats-{uuid.uuid4().hex[:8]}"
-    await produce(kafka_brokers, f"{env['TOPIC_PREFIX']}payment.created",
-                  [(pid.encode(), created_event(pid, "9.99"))])
-    await asyncio.to_thread(wait_for_states, worker, {pid: "FRAUD_CHECK"}, 30.0)
-    await asyncio.sleep(2)
-    status, body = get_state(worker, pid)
-    assert status == 200 and body["current_state"] == "FRAUD_CHECK", body
+    run = uuid.uuid4().hex[:8]
+    early = f"no-nats-{run}"
+    await produce(kafka_brokers, topic, [(early.encode(), created_event(early, "9.99"))])
+    body = (await asyncio.to_thread(wait_for_states, worker, {early: "MANUAL_REVIEW"}, 30.0)
+            )[early]
+    assert states(body["history"]) == ["NEW", "FRAUD_CHECK", "MANUAL_REVIEW"]
+    assert body["metadata"]["review_reason"] == "fraud service unavailable"
+    waited = (datetime.fromisoformat(body["history"][2]["timestamp"])
+              - datetime.fromisoformat(body["history"][1]["timestamp"])).total_seconds()
+    assert 1.9 <= waited <= 3.0, waited  # the timeout, not NATS, bounded the wait
 
     nats_bin = find_exe("nats-server")
     assert nats_bin is not None
@@ -189,12 +196,18 @@ async def test_payments_wait_for_nats_and_finish_when_it_comes_up(
     try:
         simulator = SimulatorProcess(url, tmp_path / "late-simulator.log")
         simulator.wait_ready()
-        body = (await asyncio.to_thread(wait_for_states, worker, {pid: "COMPLETED"}, 60.0))[pid]
+        deadline = time.monotonic() + 30
+        while "connected to NATS" not in worker.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, worker.log_tail()
+            await asyncio.sleep(0.1)
+        late = f"with-nats-{run}"
+        await produce(kafka_brokers, topic, [(late.encode(), created_event(late, "9.99"))])
+        body = (await asyncio.to_thread(wait_for_states, worker, {late: "COMPLETED"}, 60.0)
+                )[late]
         assert states(body["history"]) == [
             "NEW", "FRAUD_CHECK", "APPROVED", "PROCESSING", "COMPLETED"]
     finally:
         if simulator is not None:
             simulator.stop()
         worker.stop()  # before the server, so the worker's drain finds it
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
+        stop_group(server, signal.SIGTERM, 10.0)

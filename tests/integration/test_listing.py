@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -34,11 +36,16 @@ FINAL_VERSION = {"COMPLETED": 5, "REJECTED": 3}
 ITEM_KEYS = {"payment_id", "current_state", "previous_state", "amount", "currency",
              "customer_id", "merchant_id", "metadata", "version", "created_at", "updated_at"}
 ORDER = "ORDER BY created_at DESC, payment_id DESC"
+#: The listing needs a bearer token; a read-only one is enough.
+READ_TOKEN = "listing-read-token-0123456789"
+COMMAND_TOKEN = "listing-command-token-0123456789"
+AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 def get_json(worker: WorkerProcess, params: dict[str, str] | list[tuple[str, str]],
-             path: str = "/payments") -> tuple[int, Any]:
-    status, body = worker.get(f"{path}?{urlencode(params)}" if params else path)
+             path: str = "/payments", headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    status, body = worker.get(f"{path}?{urlencode(params)}" if params else path,
+                              headers=AUTH if headers is None else headers)
     return status, codec.loads(body)
 
 
@@ -93,7 +100,7 @@ async def test_listing_pages_filters_and_refusals(
     run = uuid.uuid4().hex[:8]
     customer, fraudster = f"lst-{run}", f"fraud-lst-{run}"
     merchant_a, merchant_b = f"m-lst-{run}-a", f"m-lst-{run}-b"
-    env = worker_env(kafka_brokers)
+    env = worker_env(kafka_brokers, API_READ_TOKEN=READ_TOKEN)
     spawn_simulator()
     worker = spawn_worker(env)
     worker.wait_healthy()
@@ -266,7 +273,8 @@ async def test_listing_answers_503_while_the_database_is_unreachable(
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
     dead = f"postgresql://nobody:secret@127.0.0.1:{free_port()}/nothing"
-    worker = spawn_worker(worker_env(kafka_brokers, DATABASE_URL=dead))
+    worker = spawn_worker(worker_env(kafka_brokers, DATABASE_URL=dead,
+                                     API_READ_TOKEN=READ_TOKEN))
     worker.wait_healthy()
     for _ in range(2):  # the pool is reset after a failure and the next request retries
         status, body = get_json(worker, {"limit": "5"})
@@ -275,3 +283,35 @@ async def test_listing_answers_503_while_the_database_is_unreachable(
         assert "secret" not in str(body)
     # Parameters are still checked first: a bad one is a 400 whatever the database does.
     assert get_json(worker, {"limit": "0"})[0] == 400
+
+
+async def test_listing_needs_a_token_and_limits_failed_attempts(
+    kafka_brokers: str, worker_env: Callable[..., dict[str, str]],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = spawn_worker(worker_env(
+        kafka_brokers, API_READ_TOKEN=READ_TOKEN, API_TOKEN=COMMAND_TOKEN,
+        API_AUTH_FAILURES_PER_MINUTE="3", API_RATE_LIMIT_PER_MINUTE="1000"))
+    worker.wait_healthy()
+    # The counts live in fixed one-minute windows: start early in one, so all of this test's
+    # failures fall into the same window.
+    if time.time() % 60 > 40:
+        await asyncio.sleep(60 - time.time() % 60 + 0.1)
+    status, body = get_json(worker, {"limit": "1"}, headers={})
+    assert status == 401 and body["error"] == "unauthorized", body
+    # Both scopes read; a read token may not send commands.
+    for token in (READ_TOKEN, COMMAND_TOKEN):
+        status, body = get_json(worker, {"limit": "1"},
+                                headers={"Authorization": f"Bearer {token}"})
+        assert status == 200, body
+    request = urllib.request.Request(worker.url("/payments/p-1/refund"), method="POST",
+                                     data=b"{}", headers=AUTH)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 403
+    # The missing token and the refused command were failures 1 and 2 of 3 this minute; one
+    # more wrong token, then even a good one is refused from this address for the window.
+    status, _ = get_json(worker, {}, headers={"Authorization": "Bearer wrong-token-xyz"})
+    assert status == 403
+    status, body = get_json(worker, {"limit": "1"})
+    assert status == 429 and body["error"] == "too_many_failures", body
