@@ -547,8 +547,9 @@ class LocalRun:
         say(f"  state:   {state_url}")
         say(f"  metrics: {self.url('/metrics')}")
         say(f"  health:  {self.url('/health')}")
-        say(f"  list:    {self.url('/payments?limit=5')}")
         token = "$API_TOKEN" if self.api_token != DEMO_TOKEN else DEMO_TOKEN
+        say(f"  list:    curl -H 'Authorization: Bearer {token}' "
+            f"'{self.url('/payments?limit=5')}'")
         say(f"  command: curl -X POST -H 'Authorization: Bearer {token}' "
             f"{self.url('/payments/<id>/refund')}")
         say(f"  logs:    {self.stack.run_dir}/  ({logs})")

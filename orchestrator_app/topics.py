@@ -7,6 +7,9 @@ the same partition number.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import faust
 
 from orchestrator_app.app import app, settings
@@ -28,13 +31,35 @@ __all__ = [
 _names = settings.topics
 
 
-def _topic(name: str, **options: object) -> faust.TopicT:
-    return app.topic(
-        name,
+class GuardedTopic(faust.Topic):  # type: ignore[misc]
+    """A topic whose undecodable records become dead letters instead of crashing the agent.
+
+    Faust acks a record it cannot deserialize and then *throws* the error into every stream
+    reading the topic: the agent dies (and with it every payment on the worker). Here the
+    record goes to the dead-letter topic with its raw bytes and position, and the stream
+    moves on. (Clones — each agent's stream — keep the class, so the override holds.)
+    """
+
+    async def on_key_decode_error(self, exc: Exception, message: Any) -> None:
+        self._dead_letter(exc, message)
+
+    async def on_value_decode_error(self, exc: Exception, message: Any) -> None:
+        self._dead_letter(exc, message)
+
+    def _dead_letter(self, exc: Exception, message: Any) -> None:
+        from orchestrator_app.supervision import dead_letter_event
+
+        dead_letter_event(f"decode:{message.topic}", SimpleNamespace(message=message), exc)
+
+
+def _topic(name: str, **options: Any) -> faust.TopicT:
+    return GuardedTopic(
+        app,
+        topics=[name],
         internal=True,
         partitions=settings.topic_partitions,
         replicas=settings.topic_replication_factor,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 

@@ -15,6 +15,8 @@ from orchestrator_app import topology
 app = topology.load()
 print(json.dumps({
     "agents": sorted(app.agents),
+    "guarded": sorted(name for name, agent in app.agents.items()
+                      if agent._on_error.__qualname__ == "on_agent_error"),
     "services": sorted(f"{type(s).__module__}.{n}" for n, s in
                        ((n, getattr(__import__(m, fromlist=[n]), n)) for m, n in
                         (x.rsplit(".", 1) for x in topology.EXPECTED_SERVICES))
@@ -36,6 +38,8 @@ def test_app_has_every_agent_and_table() -> None:
                          text=True, timeout=60, check=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
     assert set(found["agents"]) == EXPECTED_AGENTS
+    # Faust's default hook would commit and leave the worker running without the agent.
+    assert set(found["guarded"]) == EXPECTED_AGENTS
     assert set(found["services"]) == EXPECTED_SERVICES
     assert set(found["tables"]) == EXPECTED_TABLES
     assert found["debug_pages"] == [False, False, False]
