@@ -458,7 +458,7 @@ async def test_refused_rows_are_dead_lettered_and_good_rows_written(
                            lambda rs: len(rs) >= 3, 30)
     letters = {r.key.decode(): codec.loads(r.value) for r in dlq}
     assert len(dlq) == 3 and set(letters) == {bad_nul, bad_exp, junk}
-    for pid, letter in letters.items():
+    for letter in letters.values():
         assert letter["stage"] == "postgres_sink"
         assert letter["source_topic"] == prefix + "payment.state.changed"
         assert isinstance(letter["source_offset"], int)
