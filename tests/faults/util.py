@@ -84,7 +84,7 @@ async def read_to_end(brokers: str, topic: str, timeout: float = 60.0
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"could not read {topic} to its end in {timeout}s")
             batch = await consumer.getmany(timeout_ms=500)
