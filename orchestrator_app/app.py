@@ -12,7 +12,7 @@ import socket
 import faust
 
 from orchestrator_app.config import get_settings
-from orchestrator_app.supervision import on_agent_error
+from orchestrator_app.supervision import guard_producer, on_agent_error
 
 __all__ = ["app", "settings"]
 
@@ -52,6 +52,8 @@ app = faust.App(
 # Faust's default hook commits the crashed agent's offsets and leaves the worker running
 # with the agent gone; ours reports the crash and exits non-zero (see supervision).
 app._on_agent_error = on_agent_error  # type: ignore[method-assign]
+# A record the broker refused must never be committed past (see supervision).
+guard_producer(app.producer)
 
 
 @app.task

@@ -19,6 +19,7 @@ __all__ = [
     "messages_processed",
     "notifications_sent",
     "processor_duration",
+    "producer_errors",
     "render",
     "retries",
     "sink_dead_letters",
@@ -121,6 +122,11 @@ agent_crashes = Counter(
     "payment_agent_crashes",
     "Agents that crashed (the worker turns unready and exits non-zero), by agent.",
     ["agent"],
+    registry=REGISTRY,
+)
+producer_errors = Counter(
+    "kafka_producer_errors",
+    "Records the broker refused after the client's retries (the worker then exits).",
     registry=REGISTRY,
 )
 agent_dead_letters = Counter(

@@ -27,8 +27,10 @@ from orchestrator_app.domain.records import SourceRef
 
 __all__ = [
     "EXIT_AGENT_CRASHED",
+    "EXIT_PRODUCE_FAILED",
     "crashed",
     "dead_letter_event",
+    "guard_producer",
     "on_agent_error",
     "problems",
     "source_of",
@@ -97,7 +99,51 @@ async def on_agent_error(agent: Any, exc: BaseException) -> None:
     asyncio.get_running_loop().call_later(EXIT_DELAY, _exit)
 
 
-def _exit() -> None:
+def _exit(status: int = EXIT_AGENT_CRASHED) -> None:
     logging.shutdown()
     sys.stderr.flush()
-    os._exit(EXIT_AGENT_CRASHED)
+    os._exit(status)
+
+
+#: Exit status of a worker whose record could not be produced (EX_IOERR).
+EXIT_PRODUCE_FAILED = 74
+
+
+def guard_producer(producer: Any) -> None:
+    """Make a failed produce stop the worker before any offset is committed past it.
+
+    Faust sends most records from a background buffer and commits offsets after a flush
+    that does not look at the outcome: a record the broker refused (after the client's own
+    retries) would be lost while its input's offset is committed. Here a failed delivery —
+    or a send that raises — exits the process at once (the commit needs more loop turns than
+    the callback), so the input is consumed again after the restart and its effects, being
+    deterministic, are produced again.
+    """
+    original = producer.send
+
+    async def send(*args: Any, **kwargs: Any) -> Any:
+        try:
+            future = await original(*args, **kwargs)
+        except Exception as exc:
+            produce_failed(exc)
+            raise
+        future.add_done_callback(_check_delivery)
+        return future
+
+    producer.send = send
+
+
+def _check_delivery(future: Any) -> None:
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
+        produce_failed(exc)
+
+
+def produce_failed(exc: BaseException) -> None:
+    metrics.producer_errors.inc()
+    log.critical("a record could not be produced (%s: %s); the worker exits with status %d "
+                 "before committing past it", exc.__class__.__name__, str(exc)[:200],
+                 EXIT_PRODUCE_FAILED)
+    _exit(EXIT_PRODUCE_FAILED)

@@ -1,0 +1,77 @@
+"""A record the broker refuses stops the worker before its input's offset is committed.
+
+Real Apache Kafka: the commands topic is created with a small ``max.message.bytes``, so the
+CREATE command of one oversized (but valid) payment.created is refused by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from orchestrator_app.domain import codec
+from orchestrator_app.supervision import EXIT_PRODUCE_FAILED
+from tests.kafka_util import produce
+from tests.saga_util import created_event, get_state, partition_of
+from tests.workers import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+
+async def committed(brokers: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_refused_produce_exits_the_worker_before_committing(
+    kafka_brokers: str, worker_env: Callable[..., dict[str, str]],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    env = worker_env(kafka_brokers)
+    prefix = env["TOPIC_PREFIX"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(
+            prefix + "orchestrator-commands", num_partitions=4, replication_factor=1,
+            topic_configs={"max.message.bytes": "4000"})])
+    finally:
+        await admin.close()
+    worker = spawn_worker(env)
+    worker.wait_healthy()
+
+    run = uuid.uuid4().hex[:8]
+    small = f"small-{run}"
+    await produce(kafka_brokers, prefix + "payment.created",
+                  [(small.encode(), created_event(small, "1.00"))])
+    deadline = time.monotonic() + 30
+    while get_state(worker, small)[0] != 200:
+        assert time.monotonic() < deadline, worker.log_tail()
+        await asyncio.sleep(0.2)
+
+    big = f"big-{run}"
+    event = codec.loads(created_event(big, "2.00"))
+    event["note"] = "x" * 6000  # unknown fields are allowed; the command carries the raw event
+    await produce(kafka_brokers, prefix + "payment.created",
+                  [(big.encode(), codec.dumps(event))])
+    assert worker.proc is not None
+    status = await asyncio.to_thread(worker.proc.wait, 60)
+    assert status == EXIT_PRODUCE_FAILED, worker.log_tail()
+    assert "could not be produced" in worker.log_path.read_text(errors="replace")
+
+    # The oversized event's offset was never committed: a restarted worker sees it again.
+    tp = TopicPartition(prefix + "payment.created", partition_of(big))
+    big_offset = 1 if partition_of(big) == partition_of(small) else 0
+    offset = await committed(kafka_brokers, env["APP_ID"], tp)
+    assert (offset or 0) <= big_offset, (offset, big_offset)
