@@ -34,6 +34,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from prometheus_client.core import GaugeMetricFamily
 
 from orchestrator_app import clock, metrics, supervision
 from orchestrator_app.app import app, settings
@@ -273,7 +274,26 @@ class PostgresSink(faust.Service):
         return out
 
 
+class SinkLagCollector:
+    """``payment_sink_lag_records``: state changes on this worker's sink partitions that are
+    not yet in PostgreSQL (high watermark minus committed offset), at scrape time."""
+
+    def __init__(self, sink: PostgresSink) -> None:
+        self.sink = sink
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "payment_sink_lag_records",
+            "State changes not yet written to PostgreSQL, per partition this sink owns.",
+            labels=["partition"],
+        )
+        for tp, lag in sorted(self.sink.lag().items()):
+            family.add_metric([str(tp.partition)], lag)
+        yield family
+
+
 #: Its own small pool: API readers (the listing) cannot starve it, nor it them.
 postgres_sink = PostgresSink(PaymentStore(settings.database_url, max_size=2))
 app.service(postgres_sink)
 supervision.checks["the postgres sink"] = lambda: postgres_sink.alive
+metrics.REGISTRY.register(SinkLagCollector(postgres_sink))

@@ -475,3 +475,10 @@ async def test_refused_rows_are_dead_lettered_and_good_rows_written(
                   [(later.encode(), codec.dumps(state_event(later, 1)))])
     await wait_sunk(migrated_database_url, {later: 1})
     assert worker.get("/ready")[0] == 200
+    # Everything on the topic is written or dead-lettered, and committed: no sink lag.
+    deadline = time.monotonic() + 15
+    while (lag := metric_samples(worker, "payment_sink_lag_records")) and \
+            sum(lag.values()) != 0:
+        assert time.monotonic() < deadline, lag
+        await asyncio.sleep(0.2)
+    assert len(lag) == 4  # one gauge per partition this (only) sink owns
