@@ -262,3 +262,8 @@ class Payment(_Record):
     refund_pending: bool = False
     refund_attempt: int = 0
     refund_retries: int = 0
+    #: Processor circuit-breaker waits so far, for the whole payment (they do not spend
+    #: the retry budget; `SagaPolicy.max_circuit_waits` caps them).
+    circuit_waits: int = 0
+    #: Circuit-breaker waits of the current refund request (same cap).
+    refund_circuit_waits: int = 0

@@ -8,6 +8,39 @@ only on the stored payment and the command, a command redelivered after a crash 
 Waiting is state too: a payment waiting for a retry backoff, or in a state with a deadline
 (FRAUD_CHECK, PROCESSING, a refund in flight) carries one timer (kind, due time, sequence
 number). The timer agent turns a due timer into a TIMER command; a stale one is refused.
+
+**A success is a fact.** Two copies of one processor request (redelivered after a
+rebalance, or re-sent by the watchdog) can answer differently: one times out or fails, the
+other charges the card. Results carry one command id per attempt *and outcome*
+(``<pid>:process:<n>:ok`` / ``…:fail``, `replies.result_command_id`), so both reach `apply`.
+A success for attempt *n* wins over whatever a failure of attempt *n* (or later) set in
+motion, using only DESIGN §2 transitions:
+
+* FAILED (waiting for a retry or breaker timer): FAILED → RETRY → PROCESSING → COMPLETED;
+  the PROCESSING entry gets a fresh attempt number for which no request is ever sent;
+* RETRY: RETRY → PROCESSING → COMPLETED;
+* PROCESSING attempt *n + k* (a retry in flight): PROCESSING → COMPLETED;
+
+each entry's metadata says ``confirmed_attempt: n`` and ``late_success: true``; the timer is
+cleared, and the newer attempt's answer is then refused (the payment is COMPLETED). If the
+payment is already COMPENSATED (terminal: the customer was told they were not charged),
+the state stays, the success is recorded in the payment's metadata
+(``late_processor_successes``) and operations get one critical ``LATE_PROCESSOR_SUCCESS``
+notification (an applied command without a transition, deduplicated by command id and by
+attempt). Refunds likewise: a refund success for any attempt of a COMPLETED payment, also
+after that attempt timed out or the refund was given up, moves it to REFUNDED (after a
+given-up refund, operations are told with ``LATE_REFUND_SUCCESS``).
+
+**Breaker waits are capped.** A failure while the processor's circuit breaker is open waits
+for the breaker (`TimerKind.CIRCUIT_WAIT`) without spending the retry budget, so an outage
+that never ends would loop forever, three history entries (FAILED, RETRY, PROCESSING) per
+wait. `SagaPolicy.max_circuit_waits` (default 10) caps the waits per payment
+(`Payment.circuit_waits`, never reset): the next breaker-open failure after the cap
+compensates (FAILED → COMPENSATED, ``compensation_reason`` "processor unavailable", the
+customer notified and a critical operations alert, as when retries run out). A payment's
+history is so bounded by about 3 * (max_retries + max_circuit_waits) + 10 entries. Refund
+requests have the same cap (`Payment.refund_circuit_waits`, per refund request): then the
+refund fails (``refund_status`` failed, ``REFUND_FAILED`` alert).
 """
 
 from __future__ import annotations
@@ -90,6 +123,8 @@ class SagaPolicy:
     fraud_deadline: float = 30.0
     processing_deadline: float = 60.0
     refund_deadline: float = 60.0
+    #: Circuit-breaker waits a payment (or one refund request) may make before giving up.
+    max_circuit_waits: int = 10
 
 
 @dataclass(frozen=True)
@@ -144,7 +179,7 @@ def apply(
 
     if command.command_id in payment.applied:
         first, last = payment.applied[command.command_id]
-        return _duplicate(payment, first, last)
+        return _duplicate(payment, first, last, command.command_id)
 
     if command.expected_version and command.expected_version != payment.version:
         return Outcome(
@@ -219,15 +254,62 @@ def _on_start_processing(p: Payment, c: Command, now: str, policy: SagaPolicy) -
 def _on_process_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
     if c.success is None:
         return _refuse(p, "processor result without 'success'")
+    current = State(p.state) is State.PROCESSING and c.attempt == p.attempt
+    if c.success and not current and 1 <= c.attempt <= p.attempt:
+        return _late_success(p, c, now, policy)
     if c.attempt != p.attempt:
-        # A late answer to an earlier attempt: the current attempt decides.
+        # A late failure of an earlier attempt: the current attempt decides.
         return _refuse(p, f"result for attempt {c.attempt}, current is {p.attempt}")
     if c.success:
         return _transition(p, Trigger.PROCESSOR_SUCCEEDED, now,
                            {"completion_timestamp": now,
-                            "confirmation_id": c.confirmation_id or ""}, policy)
+                            "confirmation_id": c.confirmation_id or "",
+                            "confirmed_attempt": c.attempt}, policy)
     return _fail(p, c.error_code or "processor_error", c.error_message or "",
                  bool(c.retryable), c.retry_after, now, policy)
+
+
+#: `Payment.metadata` key (COMPENSATED payments): processor successes that came too late.
+LATE_SUCCESSES = "late_processor_successes"
+
+
+def _late_success(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    """The processor confirmed attempt `c.attempt` after a failure of it (or of a later
+    attempt) moved the payment on: the success wins (see the module docstring)."""
+    state = State(p.state)
+    late: dict[str, Any] = {"confirmed_attempt": c.attempt, "late_success": True}
+    if state is State.COMPENSATED:
+        return _record_late_success(p, c, now)
+    if state not in (State.FAILED, State.RETRY, State.PROCESSING):
+        return _refuse(p, f"success of attempt {c.attempt} changes nothing: the payment is "
+                          f"{state.value}", Trigger.PROCESSOR_SUCCEEDED)
+    if state is State.FAILED:
+        p = _step(p, Trigger.RETRY_SCHEDULED, now, {"retry_count": p.retry_count, **late},
+                  policy)
+        state = State.RETRY
+    if state is State.RETRY:
+        p = _step(p, Trigger.RETRY_STARTED, now, dict(late), policy)
+    return _step(p, Trigger.PROCESSOR_SUCCEEDED, now, {
+        "completion_timestamp": now, "confirmation_id": c.confirmation_id or "", **late,
+    }, policy)
+
+
+def _record_late_success(p: Payment, c: Command, now: str) -> _Result:
+    """COMPENSATED is terminal: no transition, but the fact is kept and alerted, once."""
+    recorded: list[dict[str, Any]] = list(p.metadata.get(LATE_SUCCESSES) or [])
+    for entry in recorded:
+        if entry.get("attempt") == c.attempt:
+            # Seen already (its id fell out of `applied`): the same alert again, no change.
+            version = p.version
+            return _effects(Status.DUPLICATE, p, version + 1, version, "seen before",
+                            str(entry.get("command_id")))
+    recorded.append({
+        "attempt": c.attempt,
+        "confirmation_id": c.confirmation_id or "",
+        "received_at": now,
+        "command_id": c.command_id,
+    })
+    return _replace(p, metadata={**p.metadata, LATE_SUCCESSES: recorded})
 
 
 def _fail(
@@ -242,8 +324,13 @@ def _fail(
     }
     kind: TimerKind | None = None
     delay = 0.0
-    if retry_after is not None and retryable:
-        kind, delay = TimerKind.CIRCUIT_WAIT, _wait(retry_after)
+    # The breaker was open: wait for it (not counted as a retry), up to the cap.
+    breaker_open = retry_after is not None and retryable
+    if breaker_open:
+        assert retry_after is not None
+        if p.circuit_waits < policy.max_circuit_waits:
+            kind, delay = TimerKind.CIRCUIT_WAIT, _wait(retry_after)
+        metadata["circuit_waits"] = p.circuit_waits + (1 if kind else 0)
     elif policy.retry.should_retry(p.retry_count, retryable):
         kind, delay = TimerKind.RETRY, policy.retry.delay(p.retry_count + 1)
     if kind is not None:
@@ -252,13 +339,21 @@ def _fail(
     failed = _transition(p, Trigger.PROCESSOR_FAILED, now, metadata, policy)
     if isinstance(failed, Outcome):
         return failed
+    if kind is TimerKind.CIRCUIT_WAIT:
+        failed = _replace(failed, circuit_waits=p.circuit_waits + 1)
     if kind is not None:
         return _set_timer(failed, kind, due)
-    reason = "retries exhausted" if retryable else "permanent error"
-    return _step(failed, Trigger.COMPENSATED, now, {
+    if breaker_open:
+        reason = "processor unavailable"
+    else:
+        reason = "retries exhausted" if retryable else "permanent error"
+    compensation: dict[str, Any] = {
         "compensation_reason": reason, "error_code": code, "error_message": message[:500],
         "retry_count": p.retry_count, "customer_notified": True,
-    }, policy)
+    }
+    if breaker_open:
+        compensation["circuit_waits"] = p.circuit_waits
+    return _step(failed, Trigger.COMPENSATED, now, compensation, policy)
 
 
 def _on_retry(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
@@ -314,7 +409,9 @@ def _on_refund(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
         metadata["refund_requested_by"] = c.requested_by
     if c.reason:
         metadata["refund_reason"] = c.reason[:500]
-    return _request_refund(_replace(p, refund_retries=0, metadata=metadata), now, policy)
+    return _request_refund(
+        _replace(p, refund_retries=0, refund_circuit_waits=0, metadata=metadata), now, policy
+    )
 
 
 def _request_refund(p: Payment, now: str, policy: SagaPolicy) -> Payment:
@@ -324,24 +421,37 @@ def _request_refund(p: Payment, now: str, policy: SagaPolicy) -> Payment:
 
 
 def _on_refund_result(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    if c.success is True and 1 <= c.attempt <= p.refund_attempt:
+        # A refund success is a fact, for the current attempt or a late one (after its
+        # timeout, after a later attempt started, or after the refund was given up).
+        return _refunded(p, c, now, policy)
     if not p.refund_pending or c.attempt != p.refund_attempt:
         return _refuse(p, f"refund result for attempt {c.attempt}, current is "
                           f"{p.refund_attempt if p.refund_pending else 'none'}")
     if c.success is None:
         return _refuse(p, "refund result without 'success'")
-    if c.success:
-        asked = {k: v for k, v in p.metadata.items()
-                 if k in ("refund_requested_at", "refund_requested_by", "refund_reason")}
-        refunded = _transition(p, Trigger.REFUND_CONFIRMED, now,
-                               {"refund_id": c.refund_id or "", "refunded_at": now, **asked},
-                               policy)
-        if isinstance(refunded, Outcome):
-            return refunded
-        return _replace(refunded, refund_pending=False)
     if p.timer_kind != TimerKind.REFUND_DEADLINE:
         return _refuse(p, f"refund attempt {c.attempt} already timed out")
     return _refund_failed(p, c.error_code or "refund_error", c.error_message or "",
                           bool(c.retryable), c.retry_after, now, policy)
+
+
+def _refunded(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
+    late = not (p.refund_pending and c.attempt == p.refund_attempt
+                and p.timer_kind == TimerKind.REFUND_DEADLINE)
+    asked = {k: v for k, v in p.metadata.items()
+             if k in ("refund_requested_at", "refund_requested_by", "refund_reason")}
+    metadata: dict[str, Any] = {"refund_id": c.refund_id or "", "refunded_at": now, **asked,
+                                "confirmed_refund_attempt": c.attempt}
+    if late:
+        metadata["late_success"] = True
+    if p.metadata.get("refund_status") == "failed":
+        # Operations were told the refund failed: they must not refund by hand now.
+        metadata["refund_previously_failed"] = True
+    refunded = _transition(p, Trigger.REFUND_CONFIRMED, now, metadata, policy)
+    if isinstance(refunded, Outcome):
+        return refunded
+    return _replace(refunded, refund_pending=False)
 
 
 def _refund_failed(
@@ -350,16 +460,23 @@ def _refund_failed(
 ) -> Payment:
     retryable = retryable or code in RETRYABLE_ERRORS
     metadata = {**p.metadata, "refund_error_code": code, "refund_error_message": message[:500]}
-    if retry_after is not None and retryable:
-        waiting = _replace(p, metadata=metadata)
-        return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + _wait(retry_after))
-    if policy.retry.should_retry(p.refund_retries, retryable):
+    breaker_open = retry_after is not None and retryable
+    if breaker_open:
+        assert retry_after is not None
+        if p.refund_circuit_waits < policy.max_circuit_waits:
+            waiting = _replace(p, metadata=metadata,
+                               refund_circuit_waits=p.refund_circuit_waits + 1)
+            return _set_timer(waiting, TimerKind.REFUND_RETRY,
+                              epoch(now) + _wait(retry_after))
+    elif policy.retry.should_retry(p.refund_retries, retryable):
         waiting = _replace(p, metadata=metadata, refund_retries=p.refund_retries + 1)
         delay = policy.retry.delay(p.refund_retries + 1)
         return _set_timer(waiting, TimerKind.REFUND_RETRY, epoch(now) + delay)
     # Given up: the payment stays COMPLETED; operations are alerted (notifications_for).
     metadata["refund_status"] = "failed"
     metadata["refund_failed_at"] = now
+    if breaker_open:
+        metadata["refund_failure_reason"] = "processor unavailable"
     return _clear_timer(_replace(p, metadata=metadata, refund_pending=False))
 
 
@@ -509,22 +626,53 @@ def _applied(first: int, payment: Payment, command_id: str, policy: SagaPolicy) 
     while len(applied) > policy.applied_limit:
         del applied[next(iter(applied))]
     payment = _replace(payment, applied=applied)
-    return _effects(Status.APPLIED, payment, first, payment.version, "")
+    return _effects(Status.APPLIED, payment, first, payment.version, "", command_id)
 
 
-def _duplicate(payment: Payment, first: int, last: int) -> Outcome:
-    return _effects(Status.DUPLICATE, payment, first, last, "seen before")
+def _duplicate(payment: Payment, first: int, last: int, command_id: str) -> Outcome:
+    return _effects(Status.DUPLICATE, payment, first, last, "seen before", command_id)
 
 
-def _effects(status: Status, payment: Payment, first: int, last: int, reason: str) -> Outcome:
+def _effects(
+    status: Status, payment: Payment, first: int, last: int, reason: str, command_id: str
+) -> Outcome:
     events, fraud, process = effects_for_versions(payment, first, last)
     notes = tuple(
         note for entry in payment.history if first <= entry.version <= last
         for note in notifications_for(payment, entry)
     )
-    if first > last and payment.metadata.get("refund_status") == "failed":
-        notes += (_refund_failed_alert(payment),)
+    if first > last:  # applied without a transition: the alert it raised, if any
+        late = _late_success_of(payment, command_id)
+        if late is not None:
+            notes += (_late_success_alert(payment, late),)
+        elif payment.metadata.get("refund_status") == "failed":
+            notes += (_refund_failed_alert(payment),)
     return Outcome(status, payment, events, fraud, process, notes, reason)
+
+
+def _late_success_of(payment: Payment, command_id: str) -> dict[str, Any] | None:
+    if payment.state != State.COMPENSATED.value:
+        return None
+    for entry in payment.metadata.get(LATE_SUCCESSES) or []:
+        if isinstance(entry, dict) and entry.get("command_id") == command_id:
+            return entry
+    return None
+
+
+def _late_success_alert(payment: Payment, late: dict[str, Any]) -> Notification:
+    attempt = late.get("attempt")
+    return Notification(
+        notification_id=f"{payment.payment_id}:late-success:{attempt}:operations",
+        audience="operations", event="LATE_PROCESSOR_SUCCESS", severity="critical",
+        payment_id=payment.payment_id, customer_id=payment.customer_id,
+        merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
+        state=payment.state,
+        reason=f"the processor confirmed attempt {attempt} (confirmation "
+               f"{late.get('confirmation_id')!r}) after the payment was compensated: the "
+               f"customer may have been charged; reconcile with the processor",
+        error_code=None,
+        created_at=late.get("received_at", payment.updated_at),
+    )
 
 
 def _refund_failed_alert(payment: Payment) -> Notification:
@@ -610,10 +758,23 @@ def _process_request(payment: Payment, operation: Operation, attempt: int) -> Pr
 
 
 def notifications_for(payment: Payment, entry: HistoryEntry) -> tuple[Notification, ...]:
-    """Compensation notifies the customer and alerts operations (the spec's saga)."""
+    """Compensation notifies the customer and alerts operations (the spec's saga); a refund
+    confirmed after it was reported failed tells operations so."""
+    meta = entry.metadata
+    if entry.state == State.REFUNDED.value and meta.get("refund_previously_failed"):
+        return (Notification(
+            notification_id=f"{payment.payment_id}:{entry.version}:operations",
+            audience="operations", event="LATE_REFUND_SUCCESS", severity="warning",
+            payment_id=payment.payment_id, customer_id=payment.customer_id,
+            merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
+            state=entry.state,
+            reason=f"the processor confirmed refund attempt "
+                   f"{meta.get('confirmed_refund_attempt')} (refund {meta.get('refund_id')!r}) "
+                   f"after the refund was reported failed: do not refund again",
+            error_code=None, created_at=entry.timestamp,
+        ),)
     if entry.state != State.COMPENSATED.value:
         return ()
-    meta = entry.metadata
     permanent = meta.get("compensation_reason") == "permanent error"
     common: dict[str, Any] = {
         "payment_id": payment.payment_id,

@@ -54,6 +54,9 @@ RETRYABLE_CODES = frozenset({"timeout", "connection_error"})
 RETRY_T, CIRCUIT_T, DEADLINE_T = "retry", "circuit_wait", "deadline"
 REFUND_RETRY_T, REFUND_DEADLINE_T = "refund_retry", "refund_deadline"
 
+#: Where a COMPENSATED payment keeps processor successes that came after compensation.
+LATE_SUCCESSES = "late_processor_successes"
+
 
 # --- helpers ----------------------------------------------------------------------------
 
@@ -189,6 +192,15 @@ def check_payment(p: Payment, policy: SagaPolicy) -> None:
         assert kept == last.metadata
         if p.refund_pending:
             assert "refund_requested_at" in p.metadata
+    elif state is S.COMPENSATED:
+        # a processor success after compensation is kept beside the COMPENSATED metadata
+        kept = {k: v for k, v in p.metadata.items() if k != LATE_SUCCESSES}
+        assert kept == last.metadata
+        late = p.metadata.get(LATE_SUCCESSES, [])
+        attempts = [entry["attempt"] for entry in late]
+        assert len(set(attempts)) == len(attempts)  # one record per attempt
+        assert all(1 <= a <= p.attempt for a in attempts)
+        assert all(entry["command_id"] in p.applied or len(p.applied) == 64 for entry in late)
     else:
         assert p.metadata == last.metadata
     # counters agree with the history
@@ -199,7 +211,14 @@ def check_payment(p: Payment, policy: SagaPolicy) -> None:
     for first_v, last_v in p.applied.values():
         assert 1 <= first_v <= last_v + 1 and last_v <= p.version
         if first_v == last_v + 1:
-            assert State(p.history[last_v - 1].state) is S.COMPLETED
+            # refund bookkeeping (COMPLETED), or a late processor success (COMPENSATED)
+            assert State(p.history[last_v - 1].state) in (S.COMPLETED, S.COMPENSATED)
+    # breaker waits: counted per payment, capped, one per FAILED entry that waits for them
+    waits = [h for h in p.history if h.state == S.FAILED and "circuit_waits" in h.metadata
+             and "next_attempt_at" in h.metadata]
+    assert p.circuit_waits == len(waits) <= policy.max_circuit_waits
+    assert [h.metadata["circuit_waits"] for h in waits] == list(range(1, len(waits) + 1))
+    assert p.refund_circuit_waits <= policy.max_circuit_waits
     # DESIGN §4 metadata keys per state, and what the retry / compensation steps record
     attempts = 0
     retries = 0
@@ -225,23 +244,38 @@ def check_payment(p: Payment, policy: SagaPolicy) -> None:
             if md["error_code"] in RETRYABLE_CODES:
                 assert md["retryable"] is True
         elif h.state == S.RETRY:
-            assert md["retry_count"] - retries in (0, 1)  # counted, or a circuit wait
+            # counted, or a circuit wait, or the bookkeeping of a late success
+            assert md["retry_count"] - retries in (0, 1)
+            if md.get("late_success"):
+                assert md["retry_count"] == retries
             retries = md["retry_count"]
         elif h.state == S.COMPENSATED:
             failed = p.history[i - 1].metadata
-            reason = "retries exhausted" if failed["retryable"] else "permanent error"
+            if "circuit_waits" in failed:  # the breaker was open and the waits ran out
+                reason = "processor unavailable"
+                assert failed["circuit_waits"] == md["circuit_waits"]
+                assert md["circuit_waits"] == policy.max_circuit_waits
+            else:
+                reason = "retries exhausted" if failed["retryable"] else "permanent error"
             assert md["compensation_reason"] == reason
             assert md["error_code"] == failed["error_code"]
             assert md["customer_notified"] is True
         elif h.state == S.COMPLETED:
             assert md["completion_timestamp"] == h.timestamp
             assert "confirmation_id" in md
+            assert 1 <= md["confirmed_attempt"] <= attempts
+            # the attempt it confirms is the current one, or it is a late success
+            assert (md["confirmed_attempt"] < attempts) is bool(md.get("late_success"))
         elif h.state == S.PROCESSING:
             attempts += 1
             assert md["attempt"] == attempts
+            if md.get("late_success"):  # bookkeeping on the way to COMPLETED, never sent
+                assert nxt is not None and nxt.state == S.COMPLETED
+                assert nxt.metadata["confirmed_attempt"] == md["confirmed_attempt"] < attempts
         elif h.state == S.REFUNDED:
             assert md["refunded_at"] == h.timestamp
             assert "refund_id" in md
+            assert 1 <= md["confirmed_refund_attempt"] <= p.refund_attempt
             assert "refund_requested_at" in md  # the audit trail of the request
     check_timer(p, policy)
 
@@ -341,6 +375,12 @@ class Expect:
     refund_retries: int = 0
     compensation: str | None = None
     refund_gave_up: bool = False
+    circuit_waits: int = 0
+    refund_circuit_waits: int = 0
+    #: A processor success recorded on a COMPENSATED payment (its attempt): one alert.
+    late_alert: int | None = None
+    #: A refund confirmed after it was given up: operations are told.
+    late_refund_alert: bool = False
 
 
 #: The model leaves one case open: a refund *failure* for an attempt whose deadline has
@@ -348,6 +388,10 @@ class Expect:
 #: again (see `test_late_refund_failure_after_its_deadline_is_not_counted_twice`); refusing
 #: it is the fix. Either way the general checks (b)-(d) still hold.
 UNSETTLED = Expect()
+
+#: A command with a new id that repeats a fact already recorded (a processor success for an
+#: attempt a COMPENSATED payment has recorded already): DUPLICATE, nothing changes.
+SEEN = Expect()
 
 
 def expected_outcome(p: Payment, cmd: Command, policy: SagaPolicy) -> Expect | None:
@@ -359,8 +403,10 @@ def expected_outcome(p: Payment, cmd: Command, policy: SagaPolicy) -> Expect | N
         return None  # the API checked another version: refused, also when redelivered
     x = Expect(retry_count=p.retry_count, refund_pending=p.refund_pending,
                refund_attempt=p.refund_attempt, refund_retries=p.refund_retries,
-               timer=p.timer_kind)
+               timer=p.timer_kind, circuit_waits=p.circuit_waits,
+               refund_circuit_waits=p.refund_circuit_waits)
     max_retries = policy.retry.max_retries
+    max_waits = policy.max_circuit_waits
 
     def enter(*states: State) -> Expect:
         x.path.extend(states)
@@ -378,9 +424,15 @@ def expected_outcome(p: Payment, cmd: Command, policy: SagaPolicy) -> Expect | N
 
     def fail(code: str, retryable: bool, retry_after: float | None) -> Expect:
         retryable = retryable or code in RETRYABLE_CODES
-        if retry_after is not None and retryable:
+        if retry_after is not None and retryable and p.circuit_waits >= max_waits:
+            # the breaker stayed open through every wait allowed: give up
+            x.path.extend([S.FAILED, S.COMPENSATED])
+            x.timer = x.delay = None
+            x.compensation = "processor unavailable"
+        elif retry_after is not None and retryable:
             x.path.append(S.FAILED)
             x.timer, x.delay = CIRCUIT_T, max(retry_after, 0.1)
+            x.circuit_waits += 1
         elif retryable and p.retry_count < max_retries:
             x.path.append(S.FAILED)
             x.timer, x.delay = RETRY_T, backoff(policy, p.retry_count + 1)
@@ -402,8 +454,13 @@ def expected_outcome(p: Payment, cmd: Command, policy: SagaPolicy) -> Expect | N
 
     def refund_fail(code: str, retryable: bool, retry_after: float | None) -> Expect:
         retryable = retryable or code in RETRYABLE_CODES
-        if retry_after is not None and retryable:
+        if retry_after is not None and retryable and p.refund_circuit_waits >= max_waits:
+            x.refund_pending = False
+            x.timer = x.delay = None
+            x.refund_gave_up = True
+        elif retry_after is not None and retryable:
             x.timer, x.delay = REFUND_RETRY_T, max(retry_after, 0.1)
+            x.refund_circuit_waits += 1
         elif retryable and p.refund_retries < max_retries:
             x.refund_retries += 1
             x.timer, x.delay = REFUND_RETRY_T, backoff(policy, p.refund_retries + 1)
@@ -426,11 +483,30 @@ def expected_outcome(p: Payment, cmd: Command, policy: SagaPolicy) -> Expect | N
         kind == K.PROCESS_RESULT
         and state is S.PROCESSING
         and cmd.success is not None
-        and cmd.attempt == p.attempt  # a late answer to an old attempt is refused
+        and cmd.attempt == p.attempt
     ):
         if cmd.success:
             return enter(S.COMPLETED)
         return fail(cmd.error_code or "processor_error", bool(cmd.retryable), cmd.retry_after)
+    if kind == K.PROCESS_RESULT and cmd.success and 1 <= cmd.attempt <= p.attempt:
+        # a success is a fact: it wins over the failure (of this attempt or a later one)
+        # that moved the payment on; a late failure is refused (below)
+        if state is S.FAILED:
+            x.path.extend([S.RETRY, S.PROCESSING, S.COMPLETED])
+        elif state is S.RETRY:
+            x.path.extend([S.PROCESSING, S.COMPLETED])
+        elif state is S.PROCESSING:
+            x.path.append(S.COMPLETED)
+        elif state is S.COMPENSATED:
+            recorded = [e["attempt"] for e in p.metadata.get(LATE_SUCCESSES, [])]
+            if cmd.attempt in recorded:
+                return SEEN
+            x.late_alert = cmd.attempt
+            return x
+        else:
+            return None
+        x.timer = x.delay = None
+        return x
     if kind == K.RETRY and state is S.FAILED:
         return retry(counted=True)
     if kind == K.TIMER and p.timer_kind is not None and cmd.attempt == p.timer_seq:
@@ -447,8 +523,18 @@ def expected_outcome(p: Payment, cmd: Command, policy: SagaPolicy) -> Expect | N
             return refund_fail("timeout", True, None)
         return None
     if kind == K.REFUND and state is S.COMPLETED and not p.refund_pending:
-        x.refund_retries = 0
+        x.refund_retries = x.refund_circuit_waits = 0
         return ask_refund()
+    if (
+        kind == K.REFUND_RESULT
+        and cmd.success
+        and state is S.COMPLETED
+        and 1 <= cmd.attempt <= p.refund_attempt
+    ):
+        # the current attempt, or a late one (timed out, superseded, or given up): refunded
+        x.refund_pending = False
+        x.late_refund_alert = p.metadata.get("refund_status") == "failed"
+        return enter(S.REFUNDED)
     if (
         kind == K.REFUND_RESULT
         and p.refund_pending
@@ -521,10 +607,20 @@ def check_applied(
     assert (new.retry_count, new.refund_pending, new.refund_attempt, new.refund_retries) == (
         x.retry_count, x.refund_pending, x.refund_attempt, x.refund_retries,
     )
+    assert (new.circuit_waits, new.refund_circuit_waits) == (
+        x.circuit_waits, x.refund_circuit_waits,
+    )
     if x.compensation is not None:
         assert new.metadata["compensation_reason"] == x.compensation
     if x.refund_gave_up:
         assert new.metadata["refund_status"] == "failed"
+    if x.late_alert is not None:
+        assert before is not None
+        recorded = new.metadata[LATE_SUCCESSES]
+        assert recorded[:-1] == before.metadata.get(LATE_SUCCESSES, [])
+        assert recorded[-1] == {"attempt": cmd.attempt,
+                                "confirmation_id": cmd.confirmation_id or "",
+                                "received_at": now, "command_id": cmd.command_id}
     # notifications: two per compensation, one alert per refund given up
     expected_notes = []
     if x.compensation is not None:
@@ -536,6 +632,12 @@ def check_applied(
     if x.refund_gave_up:
         expected_notes.append((f"{PID}:refund:{new.refund_attempt}:operations", "operations",
                                "REFUND_FAILED", "critical"))
+    if x.late_alert is not None:
+        expected_notes.append((f"{PID}:late-success:{x.late_alert}:operations", "operations",
+                               "LATE_PROCESSOR_SUCCESS", "critical"))
+    if x.late_refund_alert:
+        expected_notes.append((f"{PID}:{new.version}:operations", "operations",
+                               "LATE_REFUND_SUCCESS", "warning"))
     assert [(n.notification_id, n.audience, n.event, n.severity)
             for n in outcome.notifications] == expected_notes
     for note in outcome.notifications:
@@ -647,8 +749,24 @@ def fitting_command(draw: Any, payment: Payment | None) -> Command:
             (4, {"kind": K.PROCESS_RESULT, "attempt": payment.attempt, "success": False,
                  **failure}),
         ]
+        if payment.attempt > 1:  # the other copy of an earlier attempt charged after all
+            options.append((1, {"kind": K.PROCESS_RESULT, "success": True,
+                                "attempt": draw(st.integers(1, payment.attempt - 1)),
+                                "confirmation_id": "conf-late"}))
     elif state is S.FAILED:
-        options.append((1, {"kind": K.RETRY, "requested_by": "ops-1"}))
+        options += [
+            (1, {"kind": K.RETRY, "requested_by": "ops-1"}),
+            # the failed attempt (or an earlier one) succeeded after all
+            (1, {"kind": K.PROCESS_RESULT, "success": True, "confirmation_id": "conf-late",
+                 "attempt": draw(st.sampled_from([payment.attempt, payment.attempt,
+                                                  max(payment.attempt - 1, 1)]))}),
+        ]
+    elif state is S.COMPENSATED:
+        options += [
+            (2, {"kind": K.PROCESS_RESULT, "success": True, "confirmation_id": "conf-late",
+                 "attempt": draw(st.integers(1, max(payment.attempt, 1)))}),
+            (1, {"kind": K.REFUND}),
+        ]
     elif state is S.COMPLETED and payment.refund_pending:
         n = payment.refund_attempt
         attempt = draw(st.sampled_from([n, n, n, n - 1, n + 1]))
@@ -660,6 +778,10 @@ def fitting_command(draw: Any, payment: Payment | None) -> Command:
         ]
     elif state is S.COMPLETED:
         options.append((1, {"kind": K.REFUND, "requested_by": "ops-1", "reason": "asked"}))
+        if payment.refund_attempt:  # a refund given up on, confirmed after all
+            options.append((1, {"kind": K.REFUND_RESULT, "success": True,
+                                "attempt": draw(st.integers(1, payment.refund_attempt)),
+                                "refund_id": "ref-late"}))
     else:  # terminal: nothing fits
         options += [(1, {"kind": K.REFUND}), (1, {"kind": K.RETRY})]
     weighted = [option for weight, option in options for _ in range(weight)]
@@ -676,9 +798,12 @@ def fitting_command(draw: Any, payment: Payment | None) -> Command:
 
 
 policies = st.builds(
-    lambda auto, retries: SagaPolicy(auto_process=auto, retry=RetryPolicy(max_retries=retries)),
+    lambda auto, retries, waits: SagaPolicy(
+        auto_process=auto, retry=RetryPolicy(max_retries=retries), max_circuit_waits=waits,
+    ),
     st.booleans(),
     st.sampled_from([0, 1, 3]),
+    st.sampled_from([0, 1, 2, 10]),
 )
 
 
@@ -767,6 +892,9 @@ def test_saga_invariants_hold_for_any_command_stream(
             if x is UNSETTLED:
                 assert outcome.status in (Status.APPLIED, Status.REJECTED)
                 x = None
+            elif x is SEEN:
+                assert outcome.status is Status.DUPLICATE, outcome.reason
+                x = None
             else:
                 assert outcome.status is (Status.REJECTED if x is None else Status.APPLIED), (
                     outcome.reason
@@ -798,6 +926,12 @@ def test_saga_invariants_hold_for_any_command_stream(
                     check_requests(outcome)
                 else:
                     assert outcome.fraud_requests == () and outcome.process_requests == ()
+                assert {n.dumps() for n in outcome.notifications} <= notes_sent
+            elif cmd.kind == K.PROCESS_RESULT:
+                # a processor success a COMPENSATED payment has recorded already: its alert
+                # again (consumers dedupe), nothing else
+                assert payment.state == S.COMPENSATED and outcome.events == ()
+                assert [n.event for n in outcome.notifications] == ["LATE_PROCESSOR_SUCCESS"]
                 assert {n.dumps() for n in outcome.notifications} <= notes_sent
             else:
                 # an identical second payment.created under another id: nothing to redo
@@ -897,8 +1031,22 @@ def test_a_payment_never_gets_stranded(data: st.DataObject, policy: SagaPolicy) 
         assert p.timer_kind is None and saga.timer_of(p) is None
         for cmd in api_commands(p):
             outcome = apply(p, cmd, clock(), policy)
-            assert outcome.status is Status.REJECTED, cmd.kind
+            late_success = (
+                state is S.COMPENSATED and cmd.kind == K.PROCESS_RESULT and cmd.success
+                and cmd.attempt >= 1
+                and cmd.attempt not in [e["attempt"] for e in p.metadata.get(LATE_SUCCESSES, [])]
+            )
+            if late_success:
+                # a processor success after compensation: recorded and alerted, state kept
+                assert outcome.status is Status.APPLIED
+                assert outcome.payment is not None
+                assert (outcome.payment.state, outcome.payment.version) == (p.state, p.version)
+                assert outcome.events == () and outcome.timer is None
+                assert [n.event for n in outcome.notifications] == ["LATE_PROCESSOR_SUCCESS"]
+                continue
+            assert outcome.status in (Status.REJECTED, Status.DUPLICATE), cmd.kind
             assert outcome.payment is p
+            assert outcome.events == ()
         return
 
     if p.timer_kind is None:
@@ -975,15 +1123,22 @@ def fraud_ok(**kw: Any) -> Command:
     return command(K.FRAUD_RESULT, approved=True, risk_score=Decimal("0.12"), reason="ok", **kw)
 
 
+def outcome_suffix(success: bool) -> str:
+    return "ok" if success else "fail"
+
+
 def result(attempt: int, success: bool = False, **kw: Any) -> Command:
-    """The processor agent's PROCESS_RESULT (its command id, as `replies` builds it)."""
-    return command(K.PROCESS_RESULT, command_id=f"{PID}:process:{attempt}", attempt=attempt,
-                   success=success, **kw)
+    """The processor agent's PROCESS_RESULT (its command id, as `replies` builds it: one per
+    attempt and outcome)."""
+    return command(K.PROCESS_RESULT,
+                   command_id=f"{PID}:process:{attempt}:{outcome_suffix(success)}",
+                   attempt=attempt, success=success, **kw)
 
 
 def refund_result(attempt: int, success: bool = False, **kw: Any) -> Command:
-    return command(K.REFUND_RESULT, command_id=f"{PID}:refund:{attempt}", attempt=attempt,
-                   success=success, **kw)
+    return command(K.REFUND_RESULT,
+                   command_id=f"{PID}:refund:{attempt}:{outcome_suffix(success)}",
+                   attempt=attempt, success=success, **kw)
 
 
 def unavailable(attempt: int) -> Command:
@@ -1128,7 +1283,8 @@ def test_processor_success_completes() -> None:
                       result(1, success=True, confirmation_id="conf-9"))
     assert outcomes[-1].status is Status.APPLIED
     assert (p.state, p.previous_state, p.version) == ("COMPLETED", "PROCESSING", 5)
-    assert p.metadata == {"completion_timestamp": p.updated_at, "confirmation_id": "conf-9"}
+    assert p.metadata == {"completion_timestamp": p.updated_at, "confirmation_id": "conf-9",
+                          "confirmed_attempt": 1}
     assert outcomes[-1].process_requests == () and outcomes[-1].notifications == ()
     assert outcomes[-1].timer is None
     check_payment(p, DEFAULT_POLICY)
@@ -1402,10 +1558,11 @@ def test_processing_deadline_fails_with_timeout_then_retries() -> None:
     assert fired.timer == Timer(payment_id=PID, kind="retry", due=seconds(now) + 1.0, seq=3)
     assert fired.process_requests == () and fired.notifications == ()
 
-    # the answer to attempt 1 arrives after the deadline: refused
+    # a success of attempt 1 after the deadline wins: the processor did charge
+    # (test_saga_faults.py has every case of it)
     late = apply(p, result(1, success=True, confirmation_id="late"), clock())
-    assert late.status is Status.REJECTED
-    assert late.trigger is Trigger.PROCESSOR_SUCCEEDED
+    assert late.status is Status.APPLIED
+    assert late.payment is not None and late.payment.state == "COMPLETED"
 
     p, retried = step(p, timer_fire(p), clock())
     assert (p.state, p.attempt, p.retry_count) == ("PROCESSING", 2, 1)
@@ -1413,7 +1570,7 @@ def test_processing_deadline_fails_with_timeout_then_retries() -> None:
     check_payment(p, DEFAULT_POLICY)
 
 
-def test_late_result_for_an_old_attempt_is_rejected() -> None:
+def test_late_failure_for_an_old_attempt_is_rejected_a_late_success_applied() -> None:
     p, _ = run(
         create_command(),
         fraud_ok(),
@@ -1421,12 +1578,17 @@ def test_late_result_for_an_old_attempt_is_rejected() -> None:
         command(K.RETRY),
     )
     assert (p.state, p.attempt) == ("PROCESSING", 2)
-    for success in (True, False):
-        late = command(K.PROCESS_RESULT, attempt=1, success=success, confirmation_id="late")
-        outcome = apply(p, late, LATER)
-        assert outcome.status is Status.REJECTED
-        assert outcome.payment is p
-        assert outcome.events == () and outcome.process_requests == ()
+    late = command(K.PROCESS_RESULT, attempt=1, success=False, error_code="timeout")
+    outcome = apply(p, late, LATER)
+    assert outcome.status is Status.REJECTED
+    assert outcome.payment is p
+    assert outcome.events == () and outcome.process_requests == ()
+    # a success of attempt 1 is a fact: PROCESSING (attempt 2) -> COMPLETED
+    outcome = apply(p, command(K.PROCESS_RESULT, attempt=1, success=True,
+                               confirmation_id="late"), LATER)
+    assert outcome.status is Status.APPLIED
+    assert [(e.current_state, e.metadata.get("confirmed_attempt")) for e in outcome.events] == [
+        ("COMPLETED", 1)]
 
 
 def test_result_without_success_flag_is_rejected() -> None:
@@ -1509,7 +1671,8 @@ def test_refund_happy_path() -> None:
     # the refund's audit trail moves into the REFUNDED entry: who asked, when and why
     assert r.metadata == {"refund_id": "ref-1", "refunded_at": now,
                           "refund_requested_at": q.metadata["refund_requested_at"],
-                          "refund_requested_by": "ops-1", "refund_reason": "returned"}
+                          "refund_requested_by": "ops-1", "refund_reason": "returned",
+                          "confirmed_refund_attempt": 1}
     assert (r.state, r.version, r.refund_pending) == ("REFUNDED", 6, False)
     assert confirmed.timer is None and confirmed.process_requests == ()
     assert confirmed.notifications == ()
@@ -1629,9 +1792,13 @@ def test_refund_deadline_asks_again_after_a_backoff() -> None:
     assert fired.process_requests == ()
     p, again = step(p, timer_fire(p), clock())
     assert [(r.operation, r.attempt) for r in again.process_requests] == [("refund", 2)]
-    # the late answer to attempt 1 is refused: attempt 2 is the current one
-    late = apply(p, refund_result(1, success=True, refund_id="late"), clock())
+    # a late failure of attempt 1 is refused: attempt 2 is the current one
+    late = apply(p, refund_result(1, success=False, error_code="timeout"), clock())
     assert late.status is Status.REJECTED
+    # a late success of attempt 1 is a fact: refunded (test_saga_faults.py)
+    late = apply(p, refund_result(1, success=True, refund_id="late"), clock())
+    assert late.status is Status.APPLIED
+    assert late.payment is not None and late.payment.state == "REFUNDED"
     check_payment(p, DEFAULT_POLICY)
 
 
