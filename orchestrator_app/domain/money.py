@@ -38,7 +38,9 @@ MAX_FRACTION_DIGITS = 4
 #: ISO 4217 minor units (the "exponent" column of the ISO 4217 list, maintained by SIX
 #: for ISO: https://www.six-group.com/en/products-services/financial-information/data-standards.html)
 #: for the currencies whose minor unit is not 2; every other currency has 2.
-#: pycountry carries the codes but not their minor units, hence this table.
+#: pycountry carries the codes but not their minor units, hence this table. The codes
+#: ISO 4217 lists with minor unit "N.A." (metals XAU XAG XPD XPT, bond units XBA-XBD, XDR,
+#: XSU, XUA) are not listed: they get the default 2 (a choice; none is a card currency).
 MINOR_UNITS: dict[str, int] = {
     # 0: no minor unit; amounts are whole numbers.
     **dict.fromkeys(
