@@ -54,7 +54,8 @@ async def test_sigterm_under_load_then_restart_finishes_everything(
         code = await asyncio.to_thread(worker.proc.wait, 30)
     except subprocess.TimeoutExpired:
         worker.kill()
-        raise AssertionError("worker still running 30s after SIGTERM\n" + worker.log_tail(40))
+        raise AssertionError("worker still running 30s after SIGTERM\n"
+                             + worker.log_tail(40)) from None
     exit_seconds = time.monotonic() - signalled
     print(f"\nSIGTERM with {at_signal}/{PAYMENTS} COMPLETED in PostgreSQL: exited in "
           f"{exit_seconds:.2f}s with code {code}")

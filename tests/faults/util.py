@@ -176,7 +176,7 @@ async def wait_db_exact(url: str, expected: dict[str, list[str]], timeout: float
     while time.monotonic() < deadline:
         try:
             states, history = await db_rows(url, list(expected))
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, asyncpg.PostgresError):
             await asyncio.sleep(interval)
             continue
         problems = db_problems(expected, states, history)
@@ -241,3 +241,18 @@ def all_versions_seen(final_versions: dict[str, int]
 
     done.seen = seen  # type: ignore[attr-defined]
     return done
+
+
+async def wait_db_matches_api(url: str, bodies: dict[str, dict[str, Any]], timeout: float
+                              ) -> float:
+    """Wait until PostgreSQL holds, for every payment, exactly the history the state API
+    showed (same states in version order, state row at the last one); seconds it took."""
+    expected = {pid: [e["state"] for e in body["history"]] for pid, body in bodies.items()}
+    return await wait_db_exact(url, expected, timeout)
+
+
+def decoded_metadata(value: Any) -> dict[str, Any]:
+    """A JSONB column as asyncpg returns it (text unless a codec is set)."""
+    if value is None:
+        return {}
+    return json.loads(value) if isinstance(value, str) else dict(value)
