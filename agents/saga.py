@@ -51,6 +51,7 @@ def saga_policy(s: Settings) -> SagaPolicy:
         fraud_deadline=watchdog,
         processing_deadline=watchdog,
         refund_deadline=watchdog,
+        max_circuit_waits=s.max_circuit_waits,
     )
 
 

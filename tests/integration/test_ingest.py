@@ -171,6 +171,15 @@ def bad_inputs(run: str) -> list[tuple[str, str, bytes]]:
         ("invalid utf-8", "malformed_json",
          b'{"payment_id": "bad-' + run.encode() + b'-15", "customer_id": "\xff\xfe\xc3("}'),
         ("invalid utf-8, not json", "malformed_json", b"\x80\x81\xfe\xff" + run.encode()),
+        # Judged on the digits as sent, never rounded in a decimal context (issue 7).
+        ("32 decimal places", "invalid_amount",
+         ev(16, amount=Decimal("1." + "1" * 32))),
+        ("tiny exponent", "invalid_amount",
+         ev(17).replace(b'"amount":100.50', b'"amount":1e-1000027')),
+        ("huge exponent", "malformed_json",
+         ev(18).replace(b'"amount":100.50', b'"amount":1e99999999999999999999999')),
+        ("JPY with decimals", "invalid_amount", ev(19, amount=Decimal("100.5"), currency="JPY")),
+        ("USD with 3 decimals", "invalid_amount", ev(20, amount=Decimal("1.005"))),
     ]
 
 
@@ -286,8 +295,8 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
 
     # B: the conflicting and identical ones right behind the original (same key, same
     # partition: they reach the saga while B is still in flight).
-    original_b = codec.dumps(created(b, amount=Decimal("7.0001")))
-    conflicts_b = [("amount", codec.dumps(created(b, amount=Decimal("7.0002"))))]
+    original_b = codec.dumps(created(b, amount=Decimal("7.01")))
+    conflicts_b = [("amount", codec.dumps(created(b, amount=Decimal("7.02"))))]
     items: list[tuple[bytes | None, bytes]] = [(b.encode(), original_b), (b.encode(), original_b)]
     items += [(b.encode(), raw) for _, raw in conflicts_b]
     # For A: the identical duplicate first, then the conflicts: when the last conflict's
@@ -331,7 +340,7 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
     for r in changes:
         e = codec.loads(r.value)
         events[e["payment_id"]].append(e)
-    for pid, amount in ((a, Decimal("100.50")), (b, Decimal("7.0001"))):
+    for pid, amount in ((a, Decimal("100.50")), (b, Decimal("7.01"))):
         versions = sorted({e["version"] for e in events[pid]})
         assert versions == [1, 2, 3, 4, 5], (pid, versions)
         first: dict[int, dict[str, Any]] = {}
@@ -352,7 +361,7 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
     await wait_sunk(url, b, 5)
     assert await state_row(url, a) == states_before
     assert await history_rows(url, a) == history_before
-    for pid, amount in ((a, Decimal("100.50")), (b, Decimal("7.0001"))):
+    for pid, amount in ((a, Decimal("100.50")), (b, Decimal("7.01"))):
         history = await history_rows(url, pid)
         assert [h["version"] for h in history] == [1, 2, 3, 4, 5]
         assert [h["state"] for h in history] == COMPLETED_PATH
