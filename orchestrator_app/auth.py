@@ -19,7 +19,7 @@ from orchestrator_app.app import settings
 from orchestrator_app.clients.redis import REDIS_ERRORS
 from orchestrator_app.resources import redis_client
 
-__all__ = ["ApiError", "authenticate", "authorize"]
+__all__ = ["ApiError", "authenticate", "authorize", "check_rate"]
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="payment-orchestrator"'}
 
@@ -76,3 +76,15 @@ async def authorize(request: Any, tokens: Sequence[str]) -> str:
             with contextlib.suppress(*REDIS_ERRORS):  # refused anyway
                 await redis_client.rate_limit(key, limit)
         raise
+
+
+async def check_rate(client: str) -> None:
+    """Raise 429 past ``API_RATE_LIMIT_PER_MINUTE`` for `client` (503 if Redis is down)."""
+    try:
+        decision = await redis_client.rate_limit(client, settings.api_rate_limit)
+    except REDIS_ERRORS:
+        raise ApiError(503, "unavailable", "rate limiter unavailable; retry",
+                       {"Retry-After": "1"}) from None
+    if not decision.allowed:
+        raise ApiError(429, "rate_limited", "too many requests",
+                       {"Retry-After": str(decision.retry_after)})

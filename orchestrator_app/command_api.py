@@ -27,7 +27,7 @@ from faust import web
 from agents.saga import POLICY  # the saga's own policy: the dry run must match it
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
-from orchestrator_app.auth import ApiError, authenticate, authorize
+from orchestrator_app.auth import ApiError, authenticate, authorize, check_rate
 from orchestrator_app.clients.redis import REDIS_ERRORS, IdempotencyRecord
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, CommandKind
@@ -182,14 +182,7 @@ async def handle(view: web.View, request: web.Request, payment_id: str,
 async def _handle_here(view: web.View, request: web.Request, payment_id: str, action: str,
                        client: str, raw: bytes) -> web.Response:
     key = check_idempotency_key(request.headers.get("Idempotency-Key"))
-    try:
-        decision = await redis_client.rate_limit(client, settings.api_rate_limit)
-    except REDIS_ERRORS:
-        raise ApiError(503, "unavailable", "rate limiter unavailable; retry",
-                       {"Retry-After": "1"}) from None
-    if not decision.allowed:
-        raise ApiError(429, "rate_limited", "too many requests",
-                       {"Retry-After": str(decision.retry_after)})
+    await check_rate(client)
     body = parse_body(action, raw)
     if key is None:
         status, payload, headers = await _execute(payment_id, action, body, client, None)

@@ -18,13 +18,12 @@ from yarl import URL
 
 from orchestrator_app import metrics, supervision
 from orchestrator_app.app import app, settings
-from orchestrator_app.auth import ApiError, authorize
+from orchestrator_app.auth import ApiError, authorize, check_rate
 from orchestrator_app.clients.postgres import CONNECTION_ERRORS
-from orchestrator_app.clients.redis import REDIS_ERRORS
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Payment
 from orchestrator_app.listing import ListingError, encode_cursor, parse_list_query, single_values
-from orchestrator_app.resources import payment_store, redis_client
+from orchestrator_app.resources import payment_store
 from tables.payments import payments
 
 __all__ = [
@@ -236,14 +235,7 @@ async def list_payments(self: web.View, request: web.Request) -> web.Response:
     """
     try:
         client = await authorize(request, (*settings.api_tokens, *settings.api_read_tokens))
-        try:
-            decision = await redis_client.rate_limit(f"read:{client}", settings.api_rate_limit)
-        except REDIS_ERRORS:
-            raise ApiError(503, "unavailable", "rate limiter unavailable; retry",
-                           {"Retry-After": "1"}) from None
-        if not decision.allowed:
-            raise ApiError(429, "rate_limited", "too many requests",
-                           {"Retry-After": str(decision.retry_after)})
+        await check_rate(f"read:{client}")
     except ApiError as exc:
         response = error(self, exc.status, exc.code, exc.message)
         for name, value in (exc.headers or {}).items():

@@ -20,23 +20,17 @@ import time
 from pathlib import Path
 
 from orchestrator_app.devstack import find_exe, free_port, postgres_bindir, tail
+from tests.workers import stop_group
 
 __all__ = ["PrivateNats", "PrivatePostgres"]
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> float:
-    """Signal the group the child leads and wait; SIGKILL after `timeout`. Seconds taken."""
-    if proc is None or proc.poll() is not None:
+    """`stop_group`, timed: seconds until the server was gone."""
+    if proc is None:
         return 0.0
     t0 = time.monotonic()
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+    stop_group(proc, sig, timeout)
     return time.monotonic() - t0
 
 
