@@ -1,30 +1,25 @@
-"""Fraud agent: one NATS ``fraud.check`` request per payment, many in flight at once.
+"""The fraud check: one NATS ``fraud.check`` call per payment, turned into a command.
 
-`concurrency` actors share the request stream, so a slow reply holds one actor, not the
-partition; an event is acked only after its outcome is on the commands topic, so a worker
-that dies mid-call re-issues the check after restart (the result's id dedupes it). While
-the fraud breaker is open, payments go to MANUAL_REVIEW at once instead of waiting for
-timeouts.
+Started by the saga worker as a background task (`agents.outbound`); its outcome goes back
+on the commands topic (the result's id dedupes a repeated check). While the fraud breaker is
+open, payments go to MANUAL_REVIEW at once instead of waiting for timeouts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from orchestrator_app import clock, metrics
-from orchestrator_app.app import app, settings
+from orchestrator_app.app import settings
 from orchestrator_app.breakers import fraud_breaker
 from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, CommandKind, FraudCheckRequest
 from orchestrator_app.domain.replies import fraud_result, fraud_unavailable, fraud_wire_body
 from orchestrator_app.resources import nats_client
-from orchestrator_app.telemetry import tracer
-from orchestrator_app.topics import commands, fraud_requests
 
-__all__ = ["FRAUD_SUBJECT", "check_fraud", "fraud_check"]
+__all__ = ["FRAUD_SUBJECT", "check_fraud"]
 
 FRAUD_SUBJECT = "fraud.check"
 
@@ -69,19 +64,3 @@ async def check_fraud(request: FraudCheckRequest) -> Command:
         if not settled:
             fraud_breaker.failure()
         metrics.fraud_duration.observe(time.perf_counter() - started)
-
-
-@app.agent(fraud_requests, concurrency=settings.fraud_concurrency)
-async def fraud_check(stream: Any) -> None:
-    async for request in stream:
-        try:
-            with tracer.start_as_current_span("nats fraud.check") as span:
-                span.set_attribute("payment.id", request.payment_id)
-                command = await check_fraud(request)
-                span.set_attribute("command.kind", command.kind)
-        except Exception:  # a bug: the payment still moves on (to MANUAL_REVIEW)
-            log.exception("fraud check failed unexpectedly")
-            metrics.agent_dead_letters.labels(stage="fraud").inc()
-            command = fraud_unavailable(request.payment_id, "fraud check failed (internal "
-                                        "error)", clock.now())
-        commands.send_soon(key=command.payment_id, value=command)

@@ -1,8 +1,9 @@
-"""Processor agent: NATS ``payment.process`` per processing attempt (and ``payment.refund``
-per refund attempt), many in flight.
+"""Processing and refund attempts: NATS ``payment.process`` / ``payment.refund``, turned
+into a command.
 
-The request carries ``attempt``; ``payment_id`` is the idempotency key a processor must use,
-since a redelivered request is sent again. While the processor breaker is open, nothing is
+Started by the saga worker as background tasks (`agents.outbound`). The request carries
+``attempt``; ``payment_id`` is the idempotency key a processor must use, since a request can
+be sent again after a crash or a rebalance. While the processor breaker is open, nothing is
 sent: the payment fails retryably with ``retry_after`` and the saga waits that long,
 without spending its retry budget.
 """
@@ -11,20 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from orchestrator_app import clock, metrics
-from orchestrator_app.app import app, settings
+from orchestrator_app.app import settings
 from orchestrator_app.breakers import processor_breaker
 from orchestrator_app.clients.nats import RequestTimeout, ServiceUnavailable
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, Operation, ProcessRequest
 from orchestrator_app.domain.replies import process_failure, process_result, process_wire_body
 from orchestrator_app.resources import nats_client
-from orchestrator_app.telemetry import tracer
-from orchestrator_app.topics import commands, processor_requests
 
-__all__ = ["PROCESS_SUBJECT", "REFUND_SUBJECT", "process_payment", "processor"]
+__all__ = ["PROCESS_SUBJECT", "REFUND_SUBJECT", "process_payment"]
 
 PROCESS_SUBJECT = "payment.process"
 REFUND_SUBJECT = "payment.refund"
@@ -72,21 +70,3 @@ async def process_payment(request: ProcessRequest) -> Command:
         if not settled:
             processor_breaker.failure()
         metrics.processor_duration.observe(time.perf_counter() - started)
-
-
-@app.agent(processor_requests, concurrency=settings.processor_concurrency)
-async def processor(stream: Any) -> None:
-    async for request in stream:
-        try:
-            with tracer.start_as_current_span(f"nats payment.{request.operation}") as span:
-                span.set_attribute("payment.id", request.payment_id)
-                span.set_attribute("payment.attempt", request.attempt)
-                command = await process_payment(request)
-                span.set_attribute("result.success", bool(command.success))
-        except Exception:  # a bug: a retryable failure, so the payment still moves on
-            log.exception("processor call failed unexpectedly")
-            metrics.agent_dead_letters.labels(stage="processor").inc()
-            command = process_failure(request, "internal_error",
-                                      "the orchestrator failed to call the processor", True,
-                                      clock.now())
-        commands.send_soon(key=command.payment_id, value=command)

@@ -1,8 +1,9 @@
 """Saga agent: the only writer of the ``payments`` and ``timers`` tables.
 
 For each command it calls the pure `domain.saga.apply`, stores the new state and timer, and
-sends the effects — state-change events, fraud / processor requests, notifications —
-without awaiting anything slow: NATS calls happen in the fraud and processor agents.
+sends the effects — state-change events and notifications — without awaiting anything
+slow: the NATS calls a state needs start as bounded background tasks (`agents.outbound`),
+whose outcomes come back as commands.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from agents.outbound import outbound
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.config import Settings
@@ -22,10 +24,8 @@ from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import (
     commands,
-    fraud_requests,
     notifications,
     payment_created_dlq,
-    processor_requests,
     state_changed,
 )
 from tables.payments import payments
@@ -99,10 +99,8 @@ def handle_command(command: Command) -> Outcome:
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     for event in outcome.events:
         state_changed.send_soon(key=event.payment_id, value=event.dumps())
-    for request in outcome.fraud_requests:
-        fraud_requests.send_soon(key=request.payment_id, value=request)
-    for process in outcome.process_requests:
-        processor_requests.send_soon(key=process.payment_id, value=process)
+    # NATS calls run as background tasks of this worker; outcomes come back as commands.
+    outbound.start_all(outcome.fraud_requests, outcome.process_requests)
     for note in outcome.notifications:
         notifications.send_soon(key=note.payment_id, value=note.dumps())
         metrics.notifications_sent.labels(audience=note.audience, event=note.event).inc()
@@ -136,6 +134,7 @@ def _store_timer(before: Payment | None, outcome: Outcome) -> None:
 async def saga(stream: Any) -> None:
     async for event in stream.events():
         command = event.value
+        await outbound.room()  # backpressure: bounded NATS calls in flight
         try:
             with tracer.start_as_current_span("saga.apply") as span:
                 outcome = handle_command(command)

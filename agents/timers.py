@@ -16,11 +16,13 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
+from agents.outbound import outbound
 from orchestrator_app import metrics
 from orchestrator_app.app import app, settings
 from orchestrator_app.domain.records import Command, CommandKind, Timer
-from orchestrator_app.domain.saga import format_timestamp
+from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for
 from orchestrator_app.topics import commands
+from tables.payments import payments
 from tables.timers import due_index, timers
 
 __all__ = ["RESCAN_SECONDS", "TICK_SECONDS", "fire_due_timers", "timer_command"]
@@ -31,6 +33,9 @@ TICK_SECONDS = 0.2
 RESCAN_SECONDS = 5.0
 #: Resend a due timer that is still pending after this long (the first send was lost).
 RESEND_AFTER = 10.0
+
+#: Timers of payments waiting for a NATS answer (their call is re-issued on a new owner).
+WAITING_FOR_ANSWER = frozenset({TimerKind.DEADLINE.value, TimerKind.REFUND_DEADLINE.value})
 
 _sent: dict[tuple[str, int], float] = {}
 _last_rescan = 0.0
@@ -50,12 +55,30 @@ def partition_of(payment_id: str) -> int:
     return (murmur2(payment_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
 
 
-def rebuild(owned: frozenset[int]) -> None:
-    """Re-arm the due index from the table: only timers of partitions owned right now."""
+def rebuild(owned: frozenset[int]) -> int:
+    """Re-arm the due index from the table: only timers of partitions owned right now.
+
+    For partitions that are new here (start-up, a rebalance), also re-issue the NATS call of
+    every payment still waiting for an answer: a call in flight on the previous owner (or
+    before a crash) is gone. Returns how many calls were re-issued.
+    """
     global _built_for
-    due_index.rebuild([timer for _, timer in timers.items()
-                       if partition_of(timer.payment_id) in owned])
+    new = owned - _built_for
+    pending = [timer for _, timer in timers.items() if partition_of(timer.payment_id) in owned]
+    due_index.rebuild(pending)
     _built_for = owned
+    reissued = 0
+    for timer in pending:
+        if timer.kind in WAITING_FOR_ANSWER and partition_of(timer.payment_id) in new:
+            payment = payments.get(timer.payment_id)
+            if payment is not None:
+                fraud, process = requests_for(payment)
+                outbound.start_all(fraud, process)
+                reissued += len(fraud) + len(process)
+    if reissued:
+        metrics.calls_reissued.inc(reissued)
+        log.info("re-issued %d NATS calls of payments on newly owned partitions", reissued)
+    return reissued
 
 
 def timer_command(timer: Timer, now: str) -> Command:
@@ -76,8 +99,8 @@ def fire_due_timers(clock: float) -> int:
     the assignment changes (and every `RESCAN_SECONDS`, to pick up recovered timers).
     """
     global _last_rescan
-    if app.rebalancing:
-        return 0  # ownership is moving: the new owner re-arms from the table
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return 0  # ownership is moving: re-arm from the table once it is recovered
     owned = owned_partitions()
     if owned != _built_for or clock - _last_rescan >= RESCAN_SECONDS:
         rebuild(owned)

@@ -52,8 +52,6 @@ class Topics:
     state_changed: str = "payment.state.changed"
     notifications: str = "payment.notifications"
     commands: str = "orchestrator-commands"
-    fraud_requests: str = "orchestrator-fraud-requests"
-    processor_requests: str = "orchestrator-processor-requests"
 
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -95,8 +93,8 @@ class Settings:
     #: it catches lost requests, and must not fire on an ordinary backlog.
     watchdog_seconds: float = 300.0
     #: Concurrent NATS calls per worker, per downstream.
-    fraud_concurrency: int = 64
-    processor_concurrency: int = 64
+    fraud_concurrency: int = 256
+    processor_concurrency: int = 256
     #: Largest batch the Postgres sink writes in one transaction.
     sink_batch_size: int = 500
     max_event_bytes: int = 65536

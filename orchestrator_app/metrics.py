@@ -10,6 +10,7 @@ __all__ = [
     "agent_dead_letters",
     "api_requests",
     "breaker_state",
+    "calls_reissued",
     "command_latency",
     "dead_letters",
     "duplicates_ignored",
@@ -18,6 +19,7 @@ __all__ = [
     "fraud_unavailable",
     "messages_processed",
     "notifications_sent",
+    "outbound_inflight",
     "processor_duration",
     "producer_errors",
     "render",
@@ -127,6 +129,17 @@ agent_crashes = Counter(
 producer_errors = Counter(
     "kafka_producer_errors",
     "Records the broker refused after the client's retries (the worker then exits).",
+    registry=REGISTRY,
+)
+outbound_inflight = Gauge(
+    "payment_nats_calls_in_flight",
+    "NATS calls running as background tasks of this worker, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+calls_reissued = Counter(
+    "payment_nats_calls_reissued",
+    "NATS calls re-issued for waiting payments of partitions this worker took over.",
     registry=REGISTRY,
 )
 agent_dead_letters = Counter(

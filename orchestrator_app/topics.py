@@ -13,17 +13,15 @@ from typing import Any
 import faust
 
 from orchestrator_app.app import app, settings
-from orchestrator_app.domain.records import Command, FraudCheckRequest, ProcessRequest
+from orchestrator_app.domain.records import Command
 
 __all__ = [
     "ALL_TOPICS",
     "commands",
     "dead_letters",
-    "fraud_requests",
     "notifications",
     "payment_created",
     "payment_created_dlq",
-    "processor_requests",
     "sink_dlq",
     "state_changed",
 ]
@@ -76,20 +74,14 @@ dead_letters = _topic(_names.dead_letters, key_type=bytes, value_serializer="raw
 sink_dlq = _topic(_names.sink_dlq, key_type=bytes, value_serializer="raw")
 #: Everything that can change a payment, keyed by payment_id (DESIGN §1).
 commands = _topic(_names.commands, key_type=str, value_type=Command)
-#: Work for the fraud agent (NATS fraud.check), keyed by payment_id.
-fraud_requests = _topic(_names.fraud_requests, key_type=str, value_type=FraudCheckRequest)
-#: Work for the processor agent (NATS payment.process), keyed by payment_id.
-processor_requests = _topic(
-    _names.processor_requests, key_type=str, value_type=ProcessRequest
-)
 #: One event per transition; key payment_id; exact-decimal JSON.
 state_changed = _topic(_names.state_changed, key_type=str, value_serializer="raw")
 #: Customer and operations notifications.
 notifications = _topic(_names.notifications, key_type=str, value_serializer="raw")
 
 ALL_TOPICS = [
-    payment_created, payment_created_dlq, dead_letters, sink_dlq, commands, fraud_requests,
-    processor_requests, state_changed, notifications,
+    payment_created, payment_created_dlq, dead_letters, sink_dlq, commands, state_changed,
+    notifications,
 ]
 
 

@@ -63,7 +63,11 @@ async def test_two_hundred_payments_every_path(
     spawn_simulator: Callable[..., SimulatorProcess],
 ) -> None:
     rng = random.Random(20261127)
-    env = worker_env(kafka_brokers, FRAUD_CHECK_TIMEOUT_SECONDS="1")
+    # 20 silent fraud checks time out together: with the default threshold (5 consecutive
+    # failures) the breaker could open and send healthy payments to review. The breaker has
+    # its own tests; here every path must be taken on purpose.
+    env = worker_env(kafka_brokers, FRAUD_CHECK_TIMEOUT_SECONDS="1",
+                     BREAKER_FAILURE_THRESHOLD="1000")
     prefix = env["TOPIC_PREFIX"]
     spawn_simulator()
     worker = spawn_worker(env)

@@ -30,13 +30,11 @@ async def test_undecodable_records_on_internal_topics_are_dead_lettered(
     worker.wait_healthy()
     run = uuid.uuid4().hex[:8]
     # Faust would throw each of these into the agent's stream and kill the agent.
-    garbage = {
-        "orchestrator-commands": b"\xff\xfe not a command",
-        "orchestrator-fraud-requests": b'{"payment_id": 1',
-        "orchestrator-processor-requests": b"[]]",
-    }
-    for topic, value in garbage.items():
-        await produce(kafka_brokers, prefix + topic, [(f"junk-{run}".encode(), value)])
+    garbage = [b"\xff\xfe not a command", b'{"payment_id": 1', b"[]]",
+               b'{"kind": "create", "payment_id": []}']
+    topic = prefix + "orchestrator-commands"
+    await produce(kafka_brokers, topic, [(f"junk-{run}-{i}".encode(), value)
+                                         for i, value in enumerate(garbage)])
     good = [f"after-junk-{run}-{i}" for i in range(5)]
     await produce(kafka_brokers, prefix + "payment.created",
                   [(p.encode(), created_event(p, "10.00")) for p in good])
@@ -45,17 +43,16 @@ async def test_undecodable_records_on_internal_topics_are_dead_lettered(
     letters = await read_until(kafka_brokers, prefix + "orchestrator-dead-letters",
                                lambda rs: len(rs) >= len(garbage), 30)
     assert len(letters) == len(garbage)
-    by_topic = {}
+    payloads = []
     for record in letters:
         letter = codec.loads(record.value)
-        by_topic[letter["source_topic"]] = letter
-        assert letter["stage"] == f"decode:{letter['source_topic']}"
+        assert letter["source_topic"] == topic
+        assert letter["stage"] in (f"decode:{topic}", "saga")
         assert letter["reason_code"] == "processing_error"
         assert isinstance(letter["source_partition"], int)
         assert isinstance(letter["source_offset"], int)
-    assert {t.removeprefix(prefix) for t in by_topic} == set(garbage)
-    for topic, value in garbage.items():  # the exact bytes, for whoever replays them
-        assert base64.b64decode(by_topic[prefix + topic]["payload_base64"]) == value
+        payloads.append(base64.b64decode(letter["payload_base64"]))
+    assert sorted(payloads) == sorted(garbage)  # the exact bytes, for whoever replays them
     assert worker.get("/ready")[0] == 200
     assert worker.get("/health")[0] == 200
     assert sum(metric_samples(worker, "payment_agent_crashes_total").values()) == 0
