@@ -1,7 +1,14 @@
-"""Ingest agent: ``payment.created`` → validated CREATE command, or a dead letter.
+"""Ingest: ``payment.created`` → validated CREATE command, or a dead letter.
 
-It never crashes on input: every value is either forwarded or dead-lettered with the raw
+It never crashes on input: every value becomes a command or a dead letter with the raw
 bytes, the reason and its source position, and the stream moves on.
+
+Where it runs: when ``payment.created`` is co-partitioned with the commands topic (same
+partition count — the CLI checks at start-up — and the event keyed by its payment id with
+Kafka's default partitioner), the saga agent reads it itself and applies the CREATE at once:
+one Kafka hop fewer per payment. Any event that is not (another key, another partitioner)
+is forwarded on the commands topic, which re-keys it; with ``INGEST_DIRECT=false`` every
+event is, by the `ingest` agent below.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated
 from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.topics import commands, payment_created, payment_created_dlq
+from tables.keyed import partition_of
 
-__all__ = ["handle_created", "ingest", "reject", "to_command"]
+__all__ = ["copartitioned", "created_command", "forward", "ingest", "reject", "source_of",
+           "to_command"]
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +43,33 @@ def to_command(payment: PaymentCreated, raw: bytes, source: SourceRef, now: str)
     )
 
 
-def handle_created(raw: bytes, key: bytes | None, source: SourceRef) -> None:
-    """Forward one valid event as a CREATE command, or dead-letter it with the reason."""
+def created_command(raw: bytes, key: bytes | None, source: SourceRef) -> Command | None:
+    """The CREATE command of one event, or None once it is dead-lettered. Never raises."""
     now = clock.now()
-    result = validate_created(raw, settings.max_event_bytes)
-    if isinstance(result, Invalid):
-        reject(raw, key, source, result.code, result.detail, now)
-    else:
-        commands.send_soon(key=result.payment_id, value=to_command(result, raw, source, now))
+    try:
+        result = validate_created(raw, settings.max_event_bytes)
+        if isinstance(result, Invalid):
+            reject(raw, key, source, result.code, result.detail, now)
+            return None
+        return to_command(result, raw, source, now)
+    except Exception as exc:  # a bug, not bad input: still a dead letter, never a crash
+        log.exception("ingest failed on %s[%d]@%d", source.topic, source.partition,
+                      source.offset)
+        reject(raw, key, source, "processing_error",
+               f"{exc.__class__.__name__}: {str(exc)[:300]}", now)
+        return None
+    finally:
+        metrics.messages_processed.labels(topic="payment.created").inc()
+
+
+def copartitioned(command: Command, key: bytes | None, partition: int) -> bool:
+    """May the saga apply this CREATE on the partition it arrived on?"""
+    return key == command.payment_id.encode() and partition == partition_of(command.payment_id)
+
+
+def forward(command: Command) -> None:
+    """The re-keying hop: the commands topic puts the payment on its own partition."""
+    commands.send_soon(key=command.payment_id, value=command)
 
 
 def reject(raw: bytes, key: bytes | None, source: SourceRef, code: str, detail: str,
@@ -54,17 +82,19 @@ def reject(raw: bytes, key: bytes | None, source: SourceRef, code: str, detail: 
         key=key, value=dead_letter(raw, code, detail, source, now, "ingest"))
 
 
-@app.agent(payment_created)
-async def ingest(stream: Any) -> None:
+def source_of(message: Any) -> SourceRef:
+    return SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
+
+
+async def _ingest(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         raw: bytes = event.value if isinstance(event.value, bytes) else b""
-        source = SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
-        try:
-            handle_created(raw, message.key, source)
-        except Exception as exc:  # a bug, not bad input: still a dead letter, never a crash
-            log.exception("ingest failed on %s[%d]@%d", source.topic, source.partition,
-                          source.offset)
-            reject(raw, message.key, source, "processing_error",
-                   f"{exc.__class__.__name__}: {str(exc)[:300]}", clock.now())
-        metrics.messages_processed.labels(topic="payment.created").inc()
+        command = created_command(raw, message.key, source_of(message))
+        if command is not None:
+            forward(command)
+
+
+#: Only when payment.created is not read by the saga agent itself.
+ingest = None if settings.ingest_direct else app.agent(
+    payment_created, name="agents.ingest.ingest")(_ingest)

@@ -211,11 +211,15 @@ class PostgresSink(faust.Service):
         records = [r for tp in sorted(batch, key=lambda t: t.partition) for r in batch[tp]]
         firsts = {tp: rs[0].offset for tp, rs in batch.items()}
         nexts = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
-        written = await self._write(records, generation)
+        try:
+            written = await self._write(records, generation)
+        except BaseException:
+            # Whatever failed (an unexpected error, a stop), the batch is read again: its
+            # records were fetched, and without this the next batch's commit would pass them.
+            self._rewind(consumer, firsts)
+            raise
         if not written:  # partitions moved while the database was down: read them again
-            for tp, offset in firsts.items():
-                if tp in consumer.assignment():
-                    consumer.seek(tp, offset)
+            self._rewind(consumer, firsts)
             return
         owned = {tp: off for tp, off in nexts.items() if tp in consumer.assignment()}
         try:
@@ -224,6 +228,12 @@ class PostgresSink(faust.Service):
         except (CommitFailedError, IllegalStateError) as exc:
             # Rebalanced meanwhile: the next owner writes these again (idempotent).
             log.info("sink commit skipped after a rebalance (%s)", exc.__class__.__name__)
+
+    @staticmethod
+    def _rewind(consumer: AIOKafkaConsumer, firsts: dict[TopicPartition, int]) -> None:
+        for tp, offset in firsts.items():
+            if tp in consumer.assignment():
+                consumer.seek(tp, offset)
 
     async def _write(self, records: list[ConsumerRecord[bytes, bytes]], generation: int) -> bool:
         """Write or dead-letter every record; False if a rebalance overtook the batch."""

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from agents.ingest import copartitioned, created_command, forward, source_of
 from agents.outbound import outbound
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
@@ -26,6 +27,7 @@ from orchestrator_app.topics import (
     commands,
     notifications,
     payment_created_dlq,
+    saga_inputs,
     state_changed,
 )
 from tables.payments import payments
@@ -130,11 +132,41 @@ def _store_timer(before: Payment | None, outcome: Outcome) -> None:
         due_index.set(timer)
 
 
-@app.agent(commands)
-async def saga(stream: Any) -> None:
+def command_of(event: Any) -> Command | None:
+    """The command an input carries; None when it was dead-lettered or forwarded instead.
+
+    Inputs are commands, or — when the saga reads payment.created itself — raw events, whose
+    CREATE is applied here if the event sits on its payment's own partition (the table's
+    changelog follows the partition of the event being processed) and forwarded through
+    the commands topic otherwise.
+    """
+    value = event.value
+    if isinstance(value, Command):  # INGEST_DIRECT=false: a typed commands stream
+        return value
+    message = event.message
+    if message.topic == settings.topics.payment_created:
+        raw = value if isinstance(value, bytes) else b""
+        command = created_command(raw, message.key, source_of(message))
+        if command is None or copartitioned(command, message.key, message.partition):
+            return command
+        forward(command)
+        return None
+    try:
+        decoded = Command.loads(value)
+        if not isinstance(decoded, Command):
+            raise TypeError(f"expected a command, got {type(decoded).__name__}")
+        return decoded
+    except Exception as exc:  # not a command: a dead letter, never a crash
+        dead_letter_event(f"decode:{message.topic}", event, exc)
+        return None
+
+
+async def _saga(stream: Any) -> None:
     async for event in stream.events():
-        command = event.value
         await outbound.room()  # backpressure: bounded NATS calls in flight
+        command = command_of(event)
+        if command is None:
+            continue
         try:
             with tracer.start_as_current_span("saga.apply") as span:
                 outcome = handle_command(command)
@@ -146,3 +178,8 @@ async def saga(stream: Any) -> None:
             dead_letter_event("saga", event, exc)
             pending.resolve(getattr(command, "command_id", ""), False, "internal error")
         metrics.messages_processed.labels(topic="orchestrator-commands").inc()
+
+
+#: The saga reads payment.created and the commands (co-partitioned), or only the commands.
+saga = app.agent(saga_inputs if settings.ingest_direct else commands,
+                 name="agents.saga.saga")(_saga)

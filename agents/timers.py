@@ -14,14 +14,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from agents.outbound import outbound
 from orchestrator_app import metrics
-from orchestrator_app.app import app, settings
+from orchestrator_app.app import app
 from orchestrator_app.domain.records import Command, CommandKind, Timer
 from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for
 from orchestrator_app.topics import commands
+from tables.keyed import partition_of
 from tables.payments import payments
 from tables.timers import due_index, timers
 
@@ -48,11 +47,6 @@ def owned_partitions() -> frozenset[int]:
     topic = commands.get_topic_name()
     return frozenset(tp.partition for tp in app.assignor.assigned_actives()
                      if tp.topic == topic)
-
-
-def partition_of(payment_id: str) -> int:
-    """Kafka's default partitioner on the raw key: the partition of the payment's commands."""
-    return (murmur2(payment_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
 
 
 def rebuild(owned: frozenset[int]) -> int:

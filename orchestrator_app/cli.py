@@ -36,13 +36,21 @@ def _prepare_topics(settings: Settings) -> None:
     """Every topic must exist before the consumer subscribes (see kafka_admin)."""
     import asyncio
 
-    from orchestrator_app.kafka_admin import ensure_topics
+    from orchestrator_app.kafka_admin import ensure_topics, partition_count
 
     try:
         asyncio.run(ensure_topics(settings))
+        created = asyncio.run(partition_count(settings, settings.topics.payment_created))
     except TimeoutError as exc:
         print(f"payment-orchestrator: {exc}", file=sys.stderr)
         sys.exit(1)
+    if settings.ingest_direct and created != settings.topic_partitions:
+        # The saga may read payment.created itself only when its partition p holds the
+        # payments of commands partition p; otherwise every event takes the re-keying hop.
+        print(f"payment-orchestrator: {settings.topics.payment_created} has {created} "
+              f"partitions, not TOPIC_PARTITIONS={settings.topic_partitions}: events are "
+              "re-keyed through the commands topic", file=sys.stderr)
+        os.environ["INGEST_DIRECT"] = "false"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -103,6 +103,9 @@ class Settings:
     api_read_tokens: tuple[str, ...] = ()
     #: Failed authentications per remote address per minute before 429.
     api_auth_failure_limit: int = 20
+    #: The saga agent reads payment.created itself when it is co-partitioned with the commands
+    #: topic (the CLI turns this off at start-up when the partition counts differ).
+    ingest_direct: bool = True
     #: Table standby replicas: a survivor takes over a partition with warm state.
     table_standby_replicas: int = 1
     #: Processor circuit-breaker waits per payment before it is compensated.
@@ -288,6 +291,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "API_AUTH_FAILURES_PER_MINUTE": ("api_auth_failure_limit", _positive_int),
     "API_RATE_LIMIT_PER_MINUTE": ("api_rate_limit", _positive_int),
     "TABLE_STANDBY_REPLICAS": ("table_standby_replicas", _non_negative_int),
+    "INGEST_DIRECT": ("ingest_direct", _bool),
     "MAX_CIRCUIT_WAITS": ("max_circuit_waits", _positive_int),
     "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl", _positive_int),
     "BROKER_SESSION_TIMEOUT_SECONDS": ("broker_session_timeout", _positive_seconds),

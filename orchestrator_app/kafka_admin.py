@@ -18,7 +18,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from orchestrator_app.config import Settings
 
-__all__ = ["changelog_topics", "ensure_topics"]
+__all__ = ["changelog_topics", "ensure_topics", "partition_count"]
 
 log = logging.getLogger(__name__)
 
@@ -67,5 +67,20 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
         if missing:
             log.info("created topics: %s", ", ".join(missing))
         return missing
+    finally:
+        await admin.close()
+
+
+async def partition_count(settings: Settings, topic: str) -> int | None:
+    """How many partitions `topic` has (None if it does not exist)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=list(settings.kafka_brokers), request_timeout_ms=10_000
+    )
+    await admin.start()
+    try:
+        for described in await admin.describe_topics([topic]):
+            if described.get("topic") == topic and not described.get("error_code"):
+                return len(described.get("partitions") or [])
+        return None
     finally:
         await admin.close()

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from orchestrator_app.app import app, settings
 
-__all__ = ["payment_keyed_table"]
+__all__ = ["partition_of", "payment_keyed_table"]
+
+
+def partition_of(payment_id: str) -> int:
+    """Kafka's default partitioner on the raw key: the partition of a payment's commands,
+    table rows and events (every topic has ``TOPIC_PARTITIONS`` partitions)."""
+    return (murmur2(payment_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
 
 
 def payment_keyed_table(name: str, value_type: type, help: str) -> Any:

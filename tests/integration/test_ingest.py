@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from orchestrator_app.domain import codec
-from tests.kafka_util import read_until
+from tests.kafka_util import produce, read_until
 from tests.saga_util import await_states, get_state, metric_samples, partition_of
 from tests.workers import SimulatorProcess, WorkerProcess
 
@@ -377,3 +377,33 @@ async def test_conflicting_creates_are_dead_lettered_and_identical_ones_ignored(
     assert dead_letter_counts(worker) == {"conflict": float(expected_letters)}
     duplicates = metric_samples(worker, "payment_duplicate_commands_total").get((), 0)
     assert duplicates >= 2  # A's and B's identical copies
+
+
+async def test_payment_created_with_other_partitions_takes_the_rekeying_hop(
+    kafka_brokers: str, worker_env: Callable[..., dict[str, str]],
+    spawn_worker: Callable[..., WorkerProcess],
+    spawn_simulator: Callable[..., SimulatorProcess],
+) -> None:
+    """payment.created with 8 partitions (commands has 4): the saga may not apply an event
+    where it arrives, so the worker turns on the ingest agent (re-keying through commands),
+    and every payment still completes — on the replica that owns its commands partition."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    env = worker_env(kafka_brokers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(env["TOPIC_PREFIX"] + "payment.created",
+                                            num_partitions=8, replication_factor=1)])
+    finally:
+        await admin.close()
+    spawn_simulator()
+    worker = spawn_worker(env)
+    worker.wait_healthy()
+    assert "re-keyed through the commands topic" in worker.log_path.read_text()
+    run = uuid.uuid4().hex[:8]
+    pids = [f"rekey-{run}-{i}" for i in range(16)]
+    await produce(kafka_brokers, env["TOPIC_PREFIX"] + "payment.created",
+                  [(p.encode(), codec.dumps(created(p))) for p in pids])
+    bodies = await await_states(worker, dict.fromkeys(pids, "COMPLETED"))
+    assert all([h["state"] for h in b["history"]] == COMPLETED_PATH for b in bodies.values())

@@ -1,7 +1,7 @@
 """A record the broker refuses stops the worker before its input's offset is committed.
 
-Real Apache Kafka: the commands topic is created with a small ``max.message.bytes``, so the
-CREATE command of one oversized (but valid) payment.created is refused by the broker.
+Real Apache Kafka: the dead-letter topic is created with a small ``max.message.bytes``, so
+the dead letter of one oversized (and invalid) payment.created is refused by the broker.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ async def test_a_refused_produce_exits_the_worker_before_committing(
     await admin.start()
     try:
         await admin.create_topics([NewTopic(
-            prefix + "orchestrator-commands", num_partitions=4, replication_factor=1,
+            prefix + "payment.created.dlq", num_partitions=4, replication_factor=1,
             topic_configs={"max.message.bytes": "4000"})])
     finally:
         await admin.close()
@@ -61,8 +61,8 @@ async def test_a_refused_produce_exits_the_worker_before_committing(
         await asyncio.sleep(0.2)
 
     big = f"big-{run}"
-    event = codec.loads(created_event(big, "2.00"))
-    event["note"] = "x" * 6000  # unknown fields are allowed; the command carries the raw event
+    event = codec.loads(created_event(big, "2.00", currency="ZZZ"))  # invalid: dead-lettered
+    event["note"] = "x" * 6000  # the dead letter carries the raw event (twice): > 4000 bytes
     await produce(kafka_brokers, prefix + "payment.created",
                   [(big.encode(), codec.dumps(event))])
     assert worker.proc is not None

@@ -7,7 +7,14 @@ import os
 import subprocess
 import sys
 
-from orchestrator_app.topology import EXPECTED_AGENTS, EXPECTED_SERVICES, EXPECTED_TABLES
+import pytest
+
+from orchestrator_app.topology import (
+    EXPECTED_AGENTS,
+    EXPECTED_AGENTS_REKEYING,
+    EXPECTED_SERVICES,
+    EXPECTED_TABLES,
+)
 
 PROBE = """
 import json
@@ -30,16 +37,19 @@ print(json.dumps({
 """
 
 
-def test_app_has_every_agent_and_table() -> None:
+@pytest.mark.parametrize(("direct", "agents"), [
+    ("true", EXPECTED_AGENTS), ("false", EXPECTED_AGENTS_REKEYING)])
+def test_app_has_every_agent_and_table(direct: str, agents: frozenset[str]) -> None:
     # A fresh interpreter: the app is built from the environment at import.
-    env = dict(os.environ, APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9", DATABASE_URL="postgresql://h/db",
-               REDIS_URL="redis://h:1", NATS_URL="nats://h:1")
+    env = dict(os.environ, APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9",
+               DATABASE_URL="postgresql://h/db", REDIS_URL="redis://h:1", NATS_URL="nats://h:1",
+               INGEST_DIRECT=direct)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
-    assert set(found["agents"]) == EXPECTED_AGENTS
+    assert set(found["agents"]) == agents
     # Faust's default hook would commit and leave the worker running without the agent.
-    assert set(found["guarded"]) == EXPECTED_AGENTS
+    assert set(found["guarded"]) == agents
     assert set(found["services"]) == EXPECTED_SERVICES
     assert set(found["tables"]) == EXPECTED_TABLES
     assert found["debug_pages"] == [False, False, False]

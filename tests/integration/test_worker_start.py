@@ -35,19 +35,21 @@ async def _start_and_consume(
     }
     await produce(brokers, f"{prefix}payment.created",
                   [(payment_id.encode(), json.dumps(event).encode())])
+    # The saga reads payment.created itself (co-partitioned): its first output is the NEW
+    # state change (no NATS here, so the payment then waits in FRAUD_CHECK).
     records = await read_until(
-        brokers, f"{prefix}orchestrator-commands",
+        brokers, f"{prefix}payment.state.changed",
         lambda rs: any(r.key == payment_id.encode() for r in rs), timeout=60,
     )
     consuming_after = time.monotonic() - worker.started_at
-    command = json.loads(next(r.value for r in records if r.key == payment_id.encode()))
-    assert command["kind"] == "create"
-    assert command["payment"]["payment_id"] == payment_id
+    first = json.loads(next(r.value for r in records if r.key == payment_id.encode()))
+    assert (first["version"], first["current_state"]) == (1, "NEW")
+    assert first["payment_id"] == payment_id
     status, body = worker.get("/metrics")
     assert status == 200
     assert 'kafka_messages_processed_total{topic="payment.created"} 1.0' in body.decode()
     print(f"\n[{broker_name}] worker healthy after {healthy_after:.1f}s, "
-          f"first record consumed and forwarded after {consuming_after:.1f}s")
+          f"first record consumed and applied after {consuming_after:.1f}s")
     worker.stop()
     assert worker.proc is not None and worker.proc.returncode is not None
 
