@@ -104,8 +104,10 @@ class Settings:
     #: Failed authentications per remote address per minute before 429.
     api_auth_failure_limit: int = 20
     #: The saga agent reads payment.created itself when it is co-partitioned with the commands
-    #: topic (the CLI turns this off at start-up when the partition counts differ).
-    ingest_direct: bool = True
+    #: topic (the CLI turns this off at start-up when the partition counts differ). Off by
+    #: default: one fault-suite run saw a restarted worker stop consuming payment.created
+    #: on that combined stream (under investigation, issue 8).
+    ingest_direct: bool = False
     #: Table standby replicas: a survivor takes over a partition with warm state.
     table_standby_replicas: int = 1
     #: Processor circuit-breaker waits per payment before it is compensated.

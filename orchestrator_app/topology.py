@@ -12,7 +12,7 @@ import faust
 
 __all__ = [
     "EXPECTED_AGENTS",
-    "EXPECTED_AGENTS_REKEYING",
+    "EXPECTED_AGENTS_DIRECT",
     "EXPECTED_SERVICES",
     "EXPECTED_TABLES",
     "MODULES",
@@ -20,9 +20,9 @@ __all__ = [
 ]
 
 #: What a complete worker has (a test checks it). The ingest agent exists only when the saga
-#: does not read payment.created itself (INGEST_DIRECT=false: see agents.ingest).
-EXPECTED_AGENTS = frozenset({"agents.saga.saga"})
-EXPECTED_AGENTS_REKEYING = frozenset({"agents.ingest.ingest", "agents.saga.saga"})
+#: does not read payment.created itself (INGEST_DIRECT=false, the default: agents.ingest).
+EXPECTED_AGENTS = frozenset({"agents.ingest.ingest", "agents.saga.saga"})
+EXPECTED_AGENTS_DIRECT = frozenset({"agents.saga.saga"})
 #: Services that are not Faust agents: the sink is its own Kafka consumer (its docstring
 #: says why).
 EXPECTED_SERVICES = frozenset({"agents.postgres_sink.postgres_sink"})

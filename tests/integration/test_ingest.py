@@ -389,7 +389,7 @@ async def test_payment_created_with_other_partitions_takes_the_rekeying_hop(
     and every payment still completes — on the replica that owns its commands partition."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    env = worker_env(kafka_brokers)
+    env = worker_env(kafka_brokers, INGEST_DIRECT="true")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
     await admin.start()
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator_app.topology import (
     EXPECTED_AGENTS,
-    EXPECTED_AGENTS_REKEYING,
+    EXPECTED_AGENTS_DIRECT,
     EXPECTED_SERVICES,
     EXPECTED_TABLES,
 )
@@ -38,7 +38,7 @@ print(json.dumps({
 
 
 @pytest.mark.parametrize(("direct", "agents"), [
-    ("true", EXPECTED_AGENTS), ("false", EXPECTED_AGENTS_REKEYING)])
+    ("false", EXPECTED_AGENTS), ("true", EXPECTED_AGENTS_DIRECT)])
 def test_app_has_every_agent_and_table(direct: str, agents: frozenset[str]) -> None:
     # A fresh interpreter: the app is built from the environment at import.
     env = dict(os.environ, APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9",
