@@ -619,7 +619,9 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
     result: dict[str, Any] = {"design": design, "label": label, "run_id": run_id,
                               "workers": workers if design == "orchestrator" else None,
                               "concurrency": concurrency or None,
-                              "logs": str(children.log_dir)}
+                              "logs": str(children.log_dir),
+                              # others' processes share the cores: keep the load beside the figures
+                              "load_average_at_start": os.getloadavg()}
     try:
         with Sampler(servers) as sampler:
             services: list[str] = []
@@ -667,6 +669,7 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
             result["database"] = asyncio.run(database_counts(db_url, run.produced))
             result["peak_rss_mb"] = {n: tree_mb(p.pid) for n, p in children.procs.items()}
         result["server_peak_pss_mb"] = dict(sampler.peaks)
+        result["load_average_at_end"] = os.getloadavg()
     except RunError as e:
         say(f"  {label} failed: {e}")
         result["error"] = str(e)
@@ -769,6 +772,9 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
          if r.get("database") else None for r in runs])
     row("  states", [" ".join(f"{k}:{v}" for k, v in (_g(r, "database", "states") or {})
                               .items()) or None for r in runs])
+    row("load average (1 min) at end", [round(r["load_average_at_end"][0], 1)
+                                        if r.get("load_average_at_end") else None
+                                        for r in runs])
     row("error", [r.get("error", "")[:40] or None for r in runs])
     width0 = max(len(name) for name, _ in rows)
     widths = [max(len(c), *(len(cells[i]) for _, cells in rows)) for i, c in enumerate(cols)]
