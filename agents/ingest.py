@@ -18,15 +18,14 @@ from typing import Any
 
 from orchestrator_app import clock, metrics
 from orchestrator_app.app import app, settings
-from orchestrator_app.deadletter import dead_letter
+from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
 from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.topics import commands, payment_created, payment_created_dlq
 from tables.keyed import partition_of
 
-__all__ = ["copartitioned", "created_command", "forward", "ingest", "reject", "source_of",
-           "to_command"]
+__all__ = ["copartitioned", "created_command", "forward", "ingest", "reject", "to_command"]
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +81,11 @@ def reject(raw: bytes, key: bytes | None, source: SourceRef, code: str, detail: 
         key=key, value=dead_letter(raw, code, detail, source, now, "ingest"))
 
 
-def source_of(message: Any) -> SourceRef:
-    return SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
-
-
 async def _ingest(stream: Any) -> None:
     async for event in stream.events():
         message = event.message
         raw: bytes = event.value if isinstance(event.value, bytes) else b""
-        command = created_command(raw, message.key, source_of(message))
+        command = created_command(raw, message.key, position_of(message))
         if command is not None:
             forward(command)
 

@@ -39,9 +39,8 @@ from prometheus_client.core import GaugeMetricFamily
 from orchestrator_app import clock, metrics, supervision
 from orchestrator_app.app import app, settings
 from orchestrator_app.clients.postgres import CONNECTION_ERRORS, PaymentStore, StateRow
-from orchestrator_app.deadletter import dead_letter
+from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain import codec
-from orchestrator_app.domain.records import SourceRef
 from orchestrator_app.topics import sink_dlq
 
 __all__ = ["ROW_ERRORS", "PostgresSink", "SinkItem", "decode", "postgres_sink", "write_split"]
@@ -66,10 +65,6 @@ class SinkItem:
 
     row: StateRow
     record: ConsumerRecord[bytes, bytes]
-
-
-def source_of(record: ConsumerRecord[Any, Any]) -> SourceRef:
-    return SourceRef(topic=record.topic, partition=record.partition, offset=record.offset)
 
 
 def decode(records: Sequence[ConsumerRecord[bytes, bytes]]) -> tuple[
@@ -266,7 +261,7 @@ class PostgresSink(faust.Service):
         metrics.sink_dead_letters.labels(reason=code).inc()
         log.error("postgres sink dead-lettered %s[%d]@%d: %s",
                   record.topic, record.partition, record.offset, code)
-        value = dead_letter(record.value or b"", code, reason, source_of(record),
+        value = dead_letter(record.value or b"", code, reason, position_of(record),
                             clock.now(), "postgres_sink")
         # Awaited: the offset is committed only once the dead letter is on the broker.
         await (await sink_dlq.send(key=record.key, value=value))

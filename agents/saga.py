@@ -12,12 +12,12 @@ import logging
 import time
 from typing import Any
 
-from agents.ingest import copartitioned, created_command, forward, source_of
+from agents.ingest import copartitioned, created_command, forward
 from agents.outbound import outbound
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.config import Settings
-from orchestrator_app.deadletter import dead_letter
+from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain.policies import RetryPolicy
 from orchestrator_app.domain.records import Command, Payment
 from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, timer_of
@@ -146,7 +146,7 @@ def command_of(event: Any) -> Command | None:
     message = event.message
     if message.topic == settings.topics.payment_created:
         raw = value if isinstance(value, bytes) else b""
-        command = created_command(raw, message.key, source_of(message))
+        command = created_command(raw, message.key, position_of(message))
         if command is None or copartitioned(command, message.key, message.partition):
             return command
         forward(command)

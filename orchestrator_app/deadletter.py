@@ -8,7 +8,12 @@ from typing import Any
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import SourceRef
 
-__all__ = ["dead_letter"]
+__all__ = ["dead_letter", "position_of"]
+
+
+def position_of(message: Any) -> SourceRef:
+    """Where a Kafka record came from: a Faust message and an aiokafka record alike."""
+    return SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
 
 
 def dead_letter(

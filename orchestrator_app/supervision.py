@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from orchestrator_app import clock, metrics
-from orchestrator_app.deadletter import dead_letter
+from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain.records import SourceRef
 
 __all__ = [
@@ -58,9 +58,7 @@ def problems() -> list[str]:
 
 def source_of(event: Any) -> SourceRef | None:
     message = getattr(event, "message", None)
-    if message is None:
-        return None
-    return SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
+    return None if message is None else position_of(message)
 
 
 def dead_letter_event(stage: str, event: Any, exc: BaseException) -> None:
