@@ -659,14 +659,24 @@ def _late_success_of(payment: Payment, command_id: str) -> dict[str, Any] | None
     return None
 
 
+def _operations_alert(
+    payment: Payment, notification_id: str, event: str, severity: str, state: str, *,
+    reason: str, error_code: str | None, created_at: str,
+) -> Notification:
+    """An alert for operations about `payment` (the payment's own fields filled in)."""
+    return Notification(
+        notification_id=notification_id, audience="operations", event=event,
+        severity=severity, payment_id=payment.payment_id, customer_id=payment.customer_id,
+        merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
+        state=state, reason=reason, error_code=error_code, created_at=created_at,
+    )
+
+
 def _late_success_alert(payment: Payment, late: dict[str, Any]) -> Notification:
     attempt = late.get("attempt")
-    return Notification(
-        notification_id=f"{payment.payment_id}:late-success:{attempt}:operations",
-        audience="operations", event="LATE_PROCESSOR_SUCCESS", severity="critical",
-        payment_id=payment.payment_id, customer_id=payment.customer_id,
-        merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
-        state=payment.state,
+    return _operations_alert(
+        payment, f"{payment.payment_id}:late-success:{attempt}:operations",
+        "LATE_PROCESSOR_SUCCESS", "critical", payment.state,
         reason=f"the processor confirmed attempt {attempt} (confirmation "
                f"{late.get('confirmation_id')!r}) after the payment was compensated: the "
                f"customer may have been charged; reconcile with the processor",
@@ -677,12 +687,9 @@ def _late_success_alert(payment: Payment, late: dict[str, Any]) -> Notification:
 
 def _refund_failed_alert(payment: Payment) -> Notification:
     meta = payment.metadata
-    return Notification(
-        notification_id=f"{payment.payment_id}:refund:{payment.refund_attempt}:operations",
-        audience="operations", event="REFUND_FAILED", severity="critical",
-        payment_id=payment.payment_id, customer_id=payment.customer_id,
-        merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
-        state=payment.state,
+    return _operations_alert(
+        payment, f"{payment.payment_id}:refund:{payment.refund_attempt}:operations",
+        "REFUND_FAILED", "critical", payment.state,
         reason=f"refund failed: {meta.get('refund_error_code')} "
                f"{meta.get('refund_error_message', '')}".strip(),
         error_code=meta.get("refund_error_code"),
@@ -762,12 +769,9 @@ def notifications_for(payment: Payment, entry: HistoryEntry) -> tuple[Notificati
     confirmed after it was reported failed tells operations so."""
     meta = entry.metadata
     if entry.state == State.REFUNDED.value and meta.get("refund_previously_failed"):
-        return (Notification(
-            notification_id=f"{payment.payment_id}:{entry.version}:operations",
-            audience="operations", event="LATE_REFUND_SUCCESS", severity="warning",
-            payment_id=payment.payment_id, customer_id=payment.customer_id,
-            merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
-            state=entry.state,
+        return (_operations_alert(
+            payment, f"{payment.payment_id}:{entry.version}:operations",
+            "LATE_REFUND_SUCCESS", "warning", entry.state,
             reason=f"the processor confirmed refund attempt "
                    f"{meta.get('confirmed_refund_attempt')} (refund {meta.get('refund_id')!r}) "
                    f"after the refund was reported failed: do not refund again",
