@@ -3,12 +3,14 @@
 It never crashes on input: every value becomes a command or a dead letter with the raw
 bytes, the reason and its source position, and the stream moves on.
 
-Where it runs: when ``payment.created`` is co-partitioned with the commands topic (same
-partition count — the CLI checks at start-up — and the event keyed by its payment id with
-Kafka's default partitioner), the saga agent reads it itself and applies the CREATE at once:
-one Kafka hop fewer per payment. Any event that is not (another key, another partitioner)
-is forwarded on the commands topic, which re-keys it; with ``INGEST_DIRECT=false`` every
-event is, by the `ingest` agent below.
+Where the CREATE is applied: when ``payment.created`` is co-partitioned with the commands
+topic (same partition count — the CLI checks at start-up, and Faust's assignor then gives
+partition p of both topics to the same worker — and the event keyed by its payment id with
+Kafka's default partitioner), right here, through the saga's `handle_command`: the event's
+partition is the payment's, so the table write lands where the saga's own would, and the
+event's offset is committed only after that write is flushed. One Kafka hop fewer per
+payment. Any other event (another key, another partitioner) is forwarded on the commands
+topic, which re-keys it; with ``INGEST_DIRECT=false`` every event is.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agents.outbound import outbound
+from agents.saga import apply_traced
 from orchestrator_app import clock, metrics
 from orchestrator_app.app import app, settings
 from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
 from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
+from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.topics import commands, payment_created, payment_created_dlq
 from tables.keyed import partition_of
 
@@ -62,8 +67,9 @@ def created_command(raw: bytes, key: bytes | None, source: SourceRef) -> Command
 
 
 def copartitioned(command: Command, key: bytes | None, partition: int) -> bool:
-    """May the saga apply this CREATE on the partition it arrived on?"""
-    return key == command.payment_id.encode() and partition == partition_of(command.payment_id)
+    """May this CREATE be applied on the partition it arrived on?"""
+    return (settings.ingest_direct and key == command.payment_id.encode()
+            and partition == partition_of(command.payment_id))
 
 
 def forward(command: Command) -> None:
@@ -86,10 +92,17 @@ async def _ingest(stream: Any) -> None:
         message = event.message
         raw: bytes = event.value if isinstance(event.value, bytes) else b""
         command = created_command(raw, message.key, position_of(message))
-        if command is not None:
+        if command is None:
+            continue
+        if not copartitioned(command, message.key, message.partition):
             forward(command)
+            continue
+        await outbound.room()  # backpressure: the CREATE starts a fraud check
+        try:
+            apply_traced(command)
+        except Exception as exc:  # a bug: dead-letter the event, keep the partition moving
+            log.exception("saga failed on a CREATE")
+            dead_letter_event("saga", event, exc)
 
 
-#: Only when payment.created is not read by the saga agent itself.
-ingest = None if settings.ingest_direct else app.agent(
-    payment_created, name="agents.ingest.ingest")(_ingest)
+ingest = app.agent(payment_created, name="agents.ingest.ingest")(_ingest)

@@ -2,10 +2,10 @@
 tasks of the worker that owns the payment.
 
 Why not request topics with their own agents: every hop through Kafka costs a consumed Faust
-event and a produced record (~0.6 ms of this machine each, DESIGN §7). The saga agent starts
-the call here and moves on; the call's outcome comes back as a command on the commands
-topic, like every other input, so the saga stays the only writer and a slow reply holds
-one task, never the partition.
+event and a produced record (~0.6 ms of this machine each, DESIGN §7). The saga starts the
+call here and moves on; the call's outcome is a command handed to `deliver` — which the saga
+wires to its in-place apply (the commands topic when this worker no longer owns the
+payment) — so a slow reply holds one task, never the partition.
 
 What a hop gave for free and is rebuilt here:
 
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 CallKey = tuple[str, str, int]
 
 
+def _to_commands_topic(command: Command) -> None:
+    commands.send_soon(key=command.payment_id, value=command)
+
+
 class _Lane:
     """Calls of one kind: a bound, and the calls in flight by key."""
 
@@ -60,6 +64,8 @@ class Outbound:
     def __init__(self, fraud_limit: int, processor_limit: int) -> None:
         self.fraud = _Lane("fraud", fraud_limit)
         self.processor = _Lane("processor", processor_limit)
+        #: Where outcomes go; `agents.saga` sets its own (apply here, else the topic).
+        self.deliver: Callable[[Command], None] = _to_commands_topic
 
     def __len__(self) -> int:
         return len(self.fraud.inflight) + len(self.processor.inflight)
@@ -113,7 +119,7 @@ class Outbound:
             metrics.agent_dead_letters.labels(stage="fraud").inc()
             command = fraud_unavailable(request.payment_id,
                                         "fraud check failed (internal error)", clock.now())
-        self._send(command)
+        self.deliver(command)
 
     async def _process(self, request: ProcessRequest) -> None:
         try:
@@ -130,11 +136,7 @@ class Outbound:
             command = process_failure(request, "internal_error",
                                       "the orchestrator failed to call the processor", True,
                                       clock.now())
-        self._send(command)
-
-    @staticmethod
-    def _send(command: Command) -> None:
-        commands.send_soon(key=command.payment_id, value=command)
+        self.deliver(command)
 
     async def stop(self, grace: float = 1.0) -> None:
         """Let the calls in flight finish for `grace` seconds (their outcomes are produced

@@ -1,9 +1,20 @@
-"""Saga agent: the only writer of the ``payments`` and ``timers`` tables.
+"""The saga: the one place that writes the ``payments`` table.
 
-For each command it calls the pure `domain.saga.apply`, stores the new state and timer, and
+`handle_command` calls the pure `domain.saga.apply`, stores the new state (its pending timer
+included, mirrored in the due index), and
 sends the effects — state-change events and notifications — without awaiting anything
-slow: the NATS calls a state needs start as bounded background tasks (`agents.outbound`),
-whose outcomes come back as commands.
+slow: the NATS calls a state needs start as bounded background tasks (`agents.outbound`).
+
+Commands reach it three ways, all on the worker that owns the payment's partition:
+
+* the ``saga`` agent below reads the commands topic (API commands, timers, re-keyed events,
+  outcomes that could not be applied locally);
+* the ingest agent applies a CREATE in place when ``payment.created`` is co-partitioned;
+* `deliver` applies a NATS call's outcome in place while this worker still owns the
+  partition (DESIGN §7: two Kafka hops fewer per payment).
+
+Every call runs synchronously on the event loop, so there is still one writer per
+partition at a time and no lock.
 """
 
 from __future__ import annotations
@@ -12,28 +23,22 @@ import logging
 import time
 from typing import Any
 
-from agents.ingest import copartitioned, created_command, forward
 from agents.outbound import outbound
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.config import Settings
-from orchestrator_app.deadletter import dead_letter, position_of
+from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.policies import RetryPolicy
-from orchestrator_app.domain.records import Command, Payment
-from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply, timer_of
+from orchestrator_app.domain.records import Command
+from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply
 from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
-from orchestrator_app.topics import (
-    commands,
-    notifications,
-    payment_created_dlq,
-    saga_inputs,
-    state_changed,
-)
+from orchestrator_app.topics import commands, notifications, payment_created_dlq, state_changed
+from tables.keyed import local_partition, writing_partition
 from tables.payments import payments
-from tables.timers import due_index, timers
+from tables.timers import due_index
 
-__all__ = ["POLICY", "handle_command", "saga", "saga_policy"]
+__all__ = ["POLICY", "apply_traced", "deliver", "handle_command", "saga", "saga_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,7 @@ def handle_command(command: Command) -> Outcome:
         log.info("command %s refused: %s", command.kind, outcome.reason)
 
     if outcome.status in (Status.APPLIED, Status.DUPLICATE) and outcome.payment is not None:
-        _store_timer(before, outcome)
+        _store_timer(outcome)
     pending.resolve(command.command_id, outcome.status is not Status.REJECTED, outcome.reason)
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     for event in outcome.events:
@@ -113,52 +118,64 @@ def handle_command(command: Command) -> Outcome:
     return outcome
 
 
-def _store_timer(before: Payment | None, outcome: Outcome) -> None:
-    """Keep the ``timers`` table (and the due index) equal to the payment's timer."""
+def _store_timer(outcome: Outcome) -> None:
+    """Keep the due index equal to the payment's timer (stored in its row)."""
     assert outcome.payment is not None
-    payment_id = outcome.payment.payment_id
-    timer = outcome.timer
-    if outcome.status is Status.APPLIED:
-        # The stored timer is the one the payment carried before: no table read needed.
-        current = timer_of(before) if before is not None else None
-    else:  # a redelivery: the first timer write may be the part a crash lost
-        current = timers.get(payment_id)
-    if timer is None:
-        due_index.discard(payment_id)
-        if current is not None:
-            del timers[payment_id]
-    elif current is None or current.seq != timer.seq:
-        timers[payment_id] = timer
-        due_index.set(timer)
+    if outcome.timer is None:
+        due_index.discard(outcome.payment.payment_id)
+    else:
+        due_index.set(outcome.timer)
 
 
 def command_of(event: Any) -> Command | None:
-    """The command an input carries; None when it was dead-lettered or forwarded instead.
-
-    Inputs are commands, or — when the saga reads payment.created itself — raw events, whose
-    CREATE is applied here if the event sits on its payment's own partition (the table's
-    changelog follows the partition of the event being processed) and forwarded through
-    the commands topic otherwise.
-    """
+    """The command an input carries; None when it was dead-lettered instead."""
     value = event.value
-    if isinstance(value, Command):  # INGEST_DIRECT=false: a typed commands stream
+    if isinstance(value, Command):
         return value
-    message = event.message
-    if message.topic == settings.topics.payment_created:
-        raw = value if isinstance(value, bytes) else b""
-        command = created_command(raw, message.key, position_of(message))
-        if command is None or copartitioned(command, message.key, message.partition):
-            return command
-        forward(command)
-        return None
-    try:
+    try:  # GuardedTopic hands over what it could not decode as bytes
         decoded = Command.loads(value)
         if not isinstance(decoded, Command):
             raise TypeError(f"expected a command, got {type(decoded).__name__}")
         return decoded
     except Exception as exc:  # not a command: a dead letter, never a crash
-        dead_letter_event(f"decode:{message.topic}", event, exc)
+        dead_letter_event(f"decode:{event.message.topic}", event, exc)
         return None
+
+
+def apply_traced(command: Command) -> Outcome:
+    with tracer.start_as_current_span("saga.apply") as span:
+        outcome = handle_command(command)
+        span.set_attribute("payment.id", command.payment_id)
+        span.set_attribute("command.kind", command.kind)
+        span.set_attribute("command.status", outcome.status.value)
+    return outcome
+
+
+def deliver(command: Command) -> None:
+    """Apply a NATS call's outcome here if this worker owns the payment right now, else
+    send it on the commands topic to whoever does.
+
+    Why this is safe without a Kafka hop: the outcome's table write and events are buffered
+    sends flushed before any commit (and before a revocation completes); if the worker dies
+    first, the payment is still waiting in the recovered table and the next owner re-issues
+    the call (`agents.timers.rebuild`); a second answer is deduplicated by its command id.
+    """
+    partition = local_partition(command.payment_id)
+    if partition is None:  # rebalancing, recovering, or not ours: the Kafka path
+        metrics.outcomes_delivered.labels(path="kafka").inc()
+        commands.send_soon(key=command.payment_id, value=command)
+        return
+    try:
+        with writing_partition(partition):
+            apply_traced(command)
+        metrics.outcomes_delivered.labels(path="local").inc()
+    except Exception:  # a bug: the saga agent retries it, and dead-letters it if it fails
+        log.exception("applying a %s outcome in place failed", command.kind)
+        metrics.outcomes_delivered.labels(path="kafka").inc()
+        commands.send_soon(key=command.payment_id, value=command)
+
+
+outbound.deliver = deliver
 
 
 async def _saga(stream: Any) -> None:
@@ -168,11 +185,7 @@ async def _saga(stream: Any) -> None:
         if command is None:
             continue
         try:
-            with tracer.start_as_current_span("saga.apply") as span:
-                outcome = handle_command(command)
-                span.set_attribute("payment.id", command.payment_id)
-                span.set_attribute("command.kind", command.kind)
-                span.set_attribute("command.status", outcome.status.value)
+            apply_traced(command)
         except Exception as exc:  # a bug: dead-letter the command, keep the partition moving
             log.exception("saga failed on a %s command", getattr(command, "kind", "?"))
             dead_letter_event("saga", event, exc)
@@ -180,6 +193,4 @@ async def _saga(stream: Any) -> None:
         metrics.messages_processed.labels(topic="orchestrator-commands").inc()
 
 
-#: The saga reads payment.created and the commands (co-partitioned), or only the commands.
-saga = app.agent(saga_inputs if settings.ingest_direct else commands,
-                 name="agents.saga.saga")(_saga)
+saga = app.agent(commands, name="agents.saga.saga")(_saga)

@@ -1,10 +1,11 @@
 """Timer agent: turns due timers (retry backoffs, deadlines) into TIMER commands.
 
-A Faust timer on every worker looks at the in-memory due index (kept current by the saga
-agent) and, every `RESCAN_SECONDS`, rebuilds it from the local active partitions of the
-``timers`` table — that is how timers recovered after a restart or a rebalance are found.
-Sending is at-least-once: a due timer is sent again if the saga has not cleared it after
-`RESEND_AFTER`; the command id (``<payment_id>:timer:<seq>``) makes repeats harmless.
+A Faust timer on every worker looks at the in-memory due index (kept current by the saga)
+and, after every rebalance (start-up included), once the tables are recovered, rebuilds it
+from the payments of the partitions it owns — that is how timers recovered after a restart
+or a rebalance are found. Sending is at-least-once: a due timer is sent again if the saga
+has not cleared it after `RESEND_AFTER`; the command id (``<payment_id>:timer:<seq>``)
+makes repeats harmless.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from orchestrator_app.domain.records import Command, CommandKind, Timer
 from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for
 from orchestrator_app.topics import commands
 from tables.keyed import partition_of
-from tables.payments import payments
-from tables.timers import due_index, timers
+from tables.payments import payments, pending_timers
+from tables.timers import due_index
 
-__all__ = ["RESCAN_SECONDS", "TICK_SECONDS", "fire_due_timers", "timer_command"]
+__all__ = ["TICK_SECONDS", "fire_due_timers", "rebuild", "timer_command"]
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
-RESCAN_SECONDS = 5.0
+#: How often the record of recently sent timers is pruned.
+PRUNE_SECONDS = 5.0
 #: Resend a due timer that is still pending after this long (the first send was lost).
 RESEND_AFTER = 10.0
 
@@ -37,9 +39,10 @@ RESEND_AFTER = 10.0
 WAITING_FOR_ANSWER = frozenset({TimerKind.DEADLINE.value, TimerKind.REFUND_DEADLINE.value})
 
 _sent: dict[tuple[str, int], float] = {}
-_last_rescan = 0.0
-#: The active partitions the due index was last built for.
+_last_prune = 0.0
+#: The active partitions the due index was last built for, and after which rebalance.
 _built_for: frozenset[int] = frozenset()
+_built_at = -1
 
 
 def owned_partitions() -> frozenset[int]:
@@ -56,11 +59,14 @@ def rebuild(owned: frozenset[int]) -> int:
     every payment still waiting for an answer: a call in flight on the previous owner (or
     before a crash) is gone. Returns how many calls were re-issued.
     """
-    global _built_for
+    global _built_for, _built_at
     new = owned - _built_for
-    pending = [timer for _, timer in timers.items() if partition_of(timer.payment_id) in owned]
+    started = time.monotonic()
+    pending = list(pending_timers(owned))
     due_index.rebuild(pending)
-    _built_for = owned
+    _built_for, _built_at = owned, app.rebalancing_count
+    log.info("due index rebuilt: %d pending timers on %d partitions in %.2f s",
+             len(pending), len(owned), time.monotonic() - started)
     reissued = 0
     for timer in pending:
         if timer.kind in WAITING_FOR_ANSWER and partition_of(timer.payment_id) in new:
@@ -89,16 +95,18 @@ def timer_command(timer: Timer, now: str) -> Command:
 def fire_due_timers(clock: float) -> int:
     """Send a TIMER command for every due timer not sent recently; return how many.
 
-    Timers fire only for partitions this worker owns: the due index is rebuilt as soon as
-    the assignment changes (and every `RESCAN_SECONDS`, to pick up recovered timers).
+    Timers fire only for partitions this worker owns: the due index is rebuilt from the
+    table once each rebalance is over (Faust revokes every partition at the start of one,
+    and another worker may have changed the rows in between).
     """
-    global _last_rescan
+    global _last_prune
     if app.rebalancing or not app.tables.recovery.completed.is_set():
         return 0  # ownership is moving: re-arm from the table once it is recovered
     owned = owned_partitions()
-    if owned != _built_for or clock - _last_rescan >= RESCAN_SECONDS:
+    if owned != _built_for or app.rebalancing_count != _built_at:
         rebuild(owned)
-        _last_rescan = clock
+    if clock - _last_prune >= PRUNE_SECONDS:
+        _last_prune = clock
         for ident in [i for i in _sent if clock - _sent[i] > 2 * RESEND_AFTER]:
             del _sent[ident]
     fired = 0

@@ -73,6 +73,7 @@ CLI = str(Path(sys.executable).parent / "payment-orchestrator")
 BASELINE = HERE / "baseline.py"
 TERMINAL = frozenset({"COMPLETED", "REJECTED", "MANUAL_REVIEW", "COMPENSATED", "REFUNDED"})
 STATE_RE = re.compile(rb'"current_state"\s*:\s*"([A-Z_]+)"')
+PID_RE = re.compile(rb'"payment_id"\s*:\s*"([^"]+)"')
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -335,6 +336,8 @@ class Watcher:
         self.final_version: dict[str, int] = {}
         self.terminal_state: dict[str, str] = {}
         self.states: Counter[str] = Counter()
+        #: When each payment's FRAUD_CHECK / APPROVED event was seen (where latency goes).
+        self.stage_at: dict[str, dict[str, float]] = {"FRAUD_CHECK": {}, "APPROVED": {}}
         self.events = 0
         self.value_bytes = 0
         self._waiting: list[set[str]] = []
@@ -377,6 +380,11 @@ class Watcher:
             return
         state = match.group(1).decode()
         self.states[state] += 1
+        if state in self.stage_at:
+            pid_match = PID_RE.search(value)
+            if pid_match is not None:
+                self.stage_at[state].setdefault(pid_match.group(1).decode(), now)
+            return
         if state not in TERMINAL:
             return
         data = json.loads(value)
@@ -486,15 +494,19 @@ class Run:
     """One design run: its processes, topics and database."""
 
     def __init__(self, args: argparse.Namespace, design: str, brokers: str, db_url: str,
-                 run_id: str, children: Children, services: list[str]) -> None:
+                 run_id: str, children: Children, services: list[str],
+                 servers: dict[str, int] | None = None) -> None:
         self.args, self.design, self.brokers, self.db_url = args, design, brokers, db_url
         self.run_id, self.children, self.services = run_id, children, services
+        #: Servers this script started (their CPU counts too: they share the cores).
+        self.servers = servers or {}
         self.prefix = f"bench{run_id}."
         self.watcher = Watcher(brokers, f"{self.prefix}payment.state.changed", args.partitions)
         self.produced = 0
 
     def cpu(self) -> dict[str, float]:
-        return {name: cpu_seconds(p.pid) for name, p in self.children.procs.items()}
+        procs = {name: cpu_seconds(p.pid) for name, p in self.children.procs.items()}
+        return procs | {f"server:{name}": cpu_seconds(pid) for name, pid in self.servers.items()}
 
     def cpu_figures(self, before: dict[str, float], after: dict[str, float],
                     payments: int) -> dict[str, Any]:
@@ -504,7 +516,10 @@ class Run:
                 "service_cpu_ms_per_payment": round(1000 * service / payments, 3)
                 if payments else None,
                 "simulator_cpu_ms_per_payment": round(1000 * delta.get("simulator", 0)
-                                                      / payments, 3) if payments else None}
+                                                      / payments, 3) if payments else None,
+                "server_cpu_ms_per_payment": {
+                    n.split(":", 1)[1]: round(1000 * v / payments, 3)
+                    for n, v in delta.items() if n.startswith("server:")} if payments else {}}
 
     async def send(self, producer: AIOKafkaProducer, ids: list[str], values: list[bytes],
                    sent: dict[str, float], rate: float | None = None) -> None:
@@ -560,6 +575,19 @@ class Run:
             "terminal_states": dict(Counter(self.watcher.terminal_state[p] for p in done)),
         }
         out.update(self.cpu_figures(cpu0, cpu1, len(done)))
+        # Where the time goes: created -> FRAUD_CHECK (ingest, CREATE applied) -> APPROVED
+        # (fraud call and its outcome) -> terminal (processor call and its outcome).
+        fraud_at, approved_at = self.watcher.stage_at["FRAUD_CHECK"], \
+            self.watcher.stage_at["APPROVED"]
+        stages = {"created_to_fraud_check": [], "fraud_check_to_approved": [],
+                  "approved_to_terminal": []}
+        for pid in done:
+            if pid in fraud_at and pid in approved_at:
+                stages["created_to_fraud_check"].append((fraud_at[pid] - sent[pid]) * 1000)
+                stages["fraud_check_to_approved"].append(
+                    (approved_at[pid] - fraud_at[pid]) * 1000)
+                stages["approved_to_terminal"].append((seen[pid] - approved_at[pid]) * 1000)
+        out["stages_ms"] = {name: percentiles(v) for name, v in stages.items()}
         return out
 
     async def measure(self) -> dict[str, Any]:
@@ -578,6 +606,7 @@ class Run:
             say(f"  peak: {peak['terminal']}/{peak['payments']} terminal in "
                 f"{peak['elapsed_s']}s = {peak['payments_per_s']}/s; p50 {peak['p50_ms']} ms "
                 f"p99 {peak['p99_ms']} ms; PostgreSQL complete at {peak['db_complete_s']}s")
+            say(f"    stages p50/p99 ms: {_stages(peak)}")
             if self.args.rate_seconds > 0 and peak["payments_per_s"]:
                 rate = peak["payments_per_s"] * self.args.rate_fraction
                 n = max(1, round(rate * self.args.rate_seconds))
@@ -586,6 +615,7 @@ class Run:
                 say(f"  rate {fixed['target_rate']}/s for {n} payments: "
                     f"{fixed['payments_per_s']}/s, p50 {fixed['p50_ms']} ms "
                     f"p95 {fixed['p95_ms']} ms p99 {fixed['p99_ms']} ms")
+                say(f"    stages p50/p99 ms: {_stages(fixed)}")
             result["state_changed_events"] = self.watcher.events
             result["state_changed_mean_bytes"] = round(
                 self.watcher.value_bytes / max(1, self.watcher.events))
@@ -596,6 +626,11 @@ class Run:
 
 
 # --- the runs ---------------------------------------------------------------------------
+
+def _stages(phase: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {v.get('p50_ms')}/{v.get('p99_ms')}"
+                     for name, v in phase.get("stages_ms", {}).items())
+
 
 def say(msg: str) -> None:
     print(msg, flush=True)
@@ -658,7 +693,7 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
                 wait_log_line(children, "baseline", "baseline ready")
             wait_log_line(children, "simulator", "simulator answering", 60)
             result["startup_s"] = round(time.monotonic() - t0, 1)
-            run = Run(args, design, brokers, db_url, run_id, children, services)
+            run = Run(args, design, brokers, db_url, run_id, children, services, servers)
             result.update(asyncio.run(run.measure()))
             prefixes = (prefix, f"{app_id}-") if design == "orchestrator" else \
                 (prefix, f"bench-baseline-{run_id}")
@@ -737,6 +772,10 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
     row("  worker CPU ms/payment", [_g(r, "peak", "service_cpu_ms_per_payment") for r in runs])
     row("  simulator CPU ms/payment",
         [_g(r, "peak", "simulator_cpu_ms_per_payment") for r in runs])
+    for server in sorted({s for r in runs
+                          for s in (_g(r, "peak", "server_cpu_ms_per_payment") or {})}):
+        row(f"  {server} CPU ms/payment",
+            [_g(r, "peak", "server_cpu_ms_per_payment", server) for r in runs])
     row("fixed rate: target/s", [_g(r, "rate", "target_rate") for r in runs])
     row("  achieved payments/s", [_g(r, "rate", "payments_per_s") for r in runs])
     row("  latency p50/p95/p99 ms", [_lat(r.get("rate")) for r in runs])
@@ -861,6 +900,9 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up a phase after this long without any state change")
     parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--broker-warmup", type=int, default=200_000,
+                        help="records pushed through the broker before the first run (its "
+                             "JIT compiles on first load: whichever design ran first paid it)")
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument("--delete-topics", action="store_true",
                         help="delete each run's topics afterwards (for a shared broker)")
@@ -887,6 +929,12 @@ def main() -> None:
         say(f"bench: {args.payments} payments, broker {results['broker']}, store {args.store},"
             f" {os.cpu_count()} cpus; logs under {stack.run_dir}")
         runs: list[dict[str, Any]] = results["runs"]
+        if args.broker_warmup:
+            t0 = time.monotonic()
+            asyncio.run(ceiling.run_ceiling(env["KAFKA_BROKERS"], args.broker_warmup, 400,
+                                            args.partitions, 1.0))
+            say(f"broker warm-up: {args.broker_warmup:,} records in "
+                f"{time.monotonic() - t0:.1f}s")
         for design in designs:
             if design == "orchestrator":
                 for w in args.workers:

@@ -10,6 +10,7 @@ import logging
 import socket
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from orchestrator_app.config import get_settings
 from orchestrator_app.supervision import guard_producer, on_agent_error
@@ -32,7 +33,7 @@ app = faust.App(
     broker_rebalance_timeout=settings.broker_rebalance_timeout,
     consumer_auto_offset_reset="earliest",
     # Small linger and big batches: the producer batches the sends we do not await.
-    producer_linger=0.005,
+    producer_linger=settings.producer_linger,
     producer_max_batch_size=256 * 1024,
     producer_acks=-1,
     web_bind=settings.web_bind,
@@ -54,6 +55,23 @@ app = faust.App(
 app._on_agent_error = on_agent_error  # type: ignore[method-assign]
 # A record the broker refused must never be committed past (see supervision).
 guard_producer(app.producer)
+# Faust stalls every stream once 100 sends are buffered and then drains them one by one,
+# each with its own 0.1 s wait: a payment's 5 events and its changelog write made that the
+# common case under load ("producer buffer full"). A larger bound keeps the backpressure.
+app.producer.buffer.max_messages = settings.producer_buffer_max
+
+_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _with_fetch_wait(thread: faust_aiokafka.AIOKafkaConsumerThread, transport: object) -> object:
+    """Faust's worker consumer with our fetch wait instead of its fixed 1.5 s (see config:
+    ``CONSUMER_FETCH_MAX_WAIT_MS``); aiokafka reads the attribute when the consumer starts."""
+    consumer = _create_worker_consumer(thread, transport)
+    consumer._fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms
+    return consumer
+
+
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _with_fetch_wait  # type: ignore[method-assign,assignment]
 
 
 @app.task

@@ -23,7 +23,7 @@ __all__ = ["changelog_topics", "ensure_topics", "partition_count"]
 log = logging.getLogger(__name__)
 
 #: Tables of the app; their changelog topics are compacted.
-TABLES = ("payments", "timers")
+TABLES = ("payments",)
 
 
 def changelog_topics(settings: Settings) -> list[str]:

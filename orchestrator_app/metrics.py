@@ -20,6 +20,7 @@ __all__ = [
     "messages_processed",
     "notifications_sent",
     "outbound_inflight",
+    "outcomes_delivered",
     "processor_duration",
     "producer_errors",
     "render",
@@ -135,6 +136,13 @@ outbound_inflight = Gauge(
     "payment_nats_calls_in_flight",
     "NATS calls running as background tasks of this worker, by kind.",
     ["kind"],
+    registry=REGISTRY,
+)
+outcomes_delivered = Counter(
+    "payment_nats_outcomes_delivered",
+    "NATS call outcomes applied in place (local) or sent on the commands topic (kafka: the "
+    "partition was moving or owned elsewhere).",
+    ["path"],
     registry=REGISTRY,
 )
 calls_reissued = Counter(

@@ -22,7 +22,6 @@ __all__ = [
     "notifications",
     "payment_created",
     "payment_created_dlq",
-    "saga_inputs",
     "sink_dlq",
     "state_changed",
 ]
@@ -66,19 +65,6 @@ def _topic(name: str, **options: Any) -> faust.TopicT:
 #: event becomes a dead letter instead of a deserialisation crash.
 payment_created = _topic(
     _names.payment_created, key_type=bytes, value_type=bytes, value_serializer="raw"
-)
-#: What the saga agent reads when payment.created is co-partitioned with the commands topic:
-#: both topics, raw bytes (it decodes each itself, so a bad value is a dead letter).
-saga_inputs = GuardedTopic(
-    app,
-    topics=[_names.payment_created, _names.commands],
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    internal=True,
-    partitions=settings.topic_partitions,
-    replicas=settings.topic_replication_factor,
 )
 #: Refused inputs with the raw bytes, the reason and the source position.
 payment_created_dlq = _topic(_names.payment_created_dlq, value_serializer="raw")

@@ -12,21 +12,18 @@ import faust
 
 __all__ = [
     "EXPECTED_AGENTS",
-    "EXPECTED_AGENTS_DIRECT",
     "EXPECTED_SERVICES",
     "EXPECTED_TABLES",
     "MODULES",
     "load",
 ]
 
-#: What a complete worker has (a test checks it). The ingest agent exists only when the saga
-#: does not read payment.created itself (INGEST_DIRECT=false, the default: agents.ingest).
+#: What a complete worker has (a test checks it), whatever INGEST_DIRECT says.
 EXPECTED_AGENTS = frozenset({"agents.ingest.ingest", "agents.saga.saga"})
-EXPECTED_AGENTS_DIRECT = frozenset({"agents.saga.saga"})
 #: Services that are not Faust agents: the sink is its own Kafka consumer (its docstring
 #: says why).
 EXPECTED_SERVICES = frozenset({"agents.postgres_sink.postgres_sink"})
-EXPECTED_TABLES = frozenset({"payments", "timers"})
+EXPECTED_TABLES = frozenset({"payments"})
 
 
 #: Every module that registers something with the app, in dependency order.
@@ -35,11 +32,11 @@ MODULES = (
     "orchestrator_app.resources",
     "tables.payments",
     "tables.timers",
-    "agents.ingest",
-    "agents.saga",
     "agents.fraud",
     "agents.processor",
     "agents.outbound",
+    "agents.saga",
+    "agents.ingest",
     "agents.timers",
     "agents.postgres_sink",
     "orchestrator_app.web",

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
+from faust.types import TP
 
 from orchestrator_app.app import app, settings
+from orchestrator_app.topics import commands
 
-__all__ = ["partition_of", "payment_keyed_table"]
+__all__ = ["local_partition", "partition_of", "payment_keyed_table", "writing_partition"]
 
 
 def partition_of(payment_id: str) -> int:
@@ -33,3 +41,50 @@ def payment_keyed_table(name: str, value_type: type, help: str) -> Any:
     table.key_serializer = "raw"
     table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")
     return table
+
+
+def local_partition(payment_id: str) -> int | None:
+    """The payment's partition if this worker may write its rows right now, else None.
+
+    "Right now" means: no rebalance under way (Faust sets ``rebalancing`` at the very start
+    of a revocation, before it flushes and commits), the tables recovered, and the
+    partition an active one of this worker — never a standby.
+    """
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return None
+    partition = partition_of(payment_id)
+    if TP(commands.get_topic_name(), partition) not in app.assignor.assigned_actives():
+        return None
+    return partition
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class _Event:
+    message: _Message
+
+
+_current: ContextVar[Any] = _current_event
+
+
+@contextmanager
+def writing_partition(partition: int) -> Iterator[None]:
+    """Let table writes outside stream iteration land in `partition`.
+
+    A Faust table (and its RocksDB store) takes the partition of a write — which changelog
+    partition, which partition database — from the event being processed. Outside an
+    agent's stream (a NATS call's outcome) this stands in for that event: the commands
+    topic's partition of the payment, the same one its commands arrive on. Only call it
+    for a partition `local_partition` returned, synchronously, without awaiting inside.
+    """
+    event = _Event(_Message(commands.get_topic_name(), partition))
+    token = _current.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current.reset(token)

@@ -1,16 +1,53 @@
 """The ``payments`` table: a payment's live state, key payment_id.
 
 Changelog-backed (RocksDB via rocksdict by default), partitioned like the commands topic.
-The saga agent is its only writer, so one partition has one writer and no lock is needed.
+The saga is its only writer, so one partition has one writer and no lock is needed. A
+payment's pending timer is part of its row (see `tables.timers`).
 """
 
 from __future__ import annotations
 
-from orchestrator_app.domain.records import Payment
-from tables.keyed import payment_keyed_table
+import re
+from collections.abc import Collection, Iterator
+from typing import Any
 
-__all__ = ["payments"]
+from orchestrator_app.domain.records import Payment, Timer
+from orchestrator_app.domain.saga import timer_of
+from tables.keyed import partition_of, payment_keyed_table
+
+__all__ = ["payments", "pending_timers"]
 
 payments = payment_keyed_table(
     "payments", Payment, "Live payment state by payment_id (DESIGN §1)."
 )
+
+#: A stored row without a timer (most rows: every terminal payment) — skipped undecoded.
+_NO_TIMER = re.compile(rb'"timer_kind"\s*:\s*null')
+
+
+def pending_timers(partitions: Collection[int]) -> Iterator[Timer]:
+    """The timers of the payments stored here for `partitions` (a scan of the local store:
+    run after a rebalance, not per tick).
+
+    With RocksDB each partition has its own database, so only those are read, and a row
+    is decoded only if its raw JSON has a timer: ~1-2 µs per finished payment.
+    """
+    store: Any = payments.data
+    databases = getattr(store, "_dbs", None)
+    if databases is None:  # the in-memory store holds decoded rows
+        for payment_id, payment in list(store.data.items()):
+            if partition_of(payment_id) in partitions:
+                timer = timer_of(payment)
+                if timer is not None:
+                    yield timer
+        return
+    for partition in partitions:
+        db = databases.get(partition)
+        if db is None:
+            continue
+        for _, raw in store._visible_items(db):
+            if raw is None or _NO_TIMER.search(raw):
+                continue
+            timer = timer_of(store._decode_value(raw))
+            if timer is not None:
+                yield timer

@@ -1,10 +1,10 @@
-"""The ``timers`` table: each waiting payment's one pending timer, key payment_id.
+"""The due index: every pending timer of the payments this worker owns, by due time.
 
-Written only by the saga agent (set on entering a waiting state, deleted on leaving it), so
-it is small — only payments in flight — and durable through its changelog: a retry backoff
-or a deadline survives a worker crash. The timer agent reads it through `due_index`, an
-in-memory heap the saga agent keeps current, rebuilt from the table now and then (after a
-rebalance the table holds timers this process never saw being set).
+There is no timers table: a payment's one pending timer (retry backoff or deadline) lives in
+its own row of the ``payments`` table (``timer_kind``/``timer_due``/``timer_seq``), so it is
+as durable as the payment and costs no changelog write of its own. This in-memory heap is
+the saga's index of those rows — kept current by the saga on every command, rebuilt from
+the owned partitions of the table after each rebalance (`tables.payments.pending_timers`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ import heapq
 from collections.abc import Callable
 
 from orchestrator_app.domain.records import Timer
-from tables.keyed import payment_keyed_table
 
-__all__ = ["DueIndex", "due_index", "timers"]
-
-timers = payment_keyed_table(
-    "timers", Timer, "Pending retry / deadline timer per payment."
-)
+__all__ = ["DueIndex", "due_index"]
 
 
 class DueIndex:
@@ -33,8 +28,15 @@ class DueIndex:
         return len(self._current)
 
     def set(self, timer: Timer) -> None:
+        current = self._current.get(timer.payment_id)
+        if current == timer:
+            return  # a redelivered command re-arms the same timer: no second heap entry
         self._current[timer.payment_id] = timer
         heapq.heappush(self._heap, (timer.due, timer.payment_id, timer.seq))
+        if len(self._heap) > 2 * len(self._current) + 1024:
+            # Replaced and discarded timers leave stale entries until they come due (a
+            # deadline is minutes away): compact, amortised O(1) per change.
+            self.rebuild(list(self._current.values()))
 
     def discard(self, payment_id: str) -> None:
         self._current.pop(payment_id, None)  # its heap entry is skipped when it surfaces

@@ -31,3 +31,16 @@ def test_keep_drops_the_timers_of_revoked_partitions() -> None:
     assert sorted(t.payment_id for t in index.due(100)) == ["p0", "p2", "p4", "p6", "p8"]
     index.rebuild([timer("x", 1)])
     assert [t.payment_id for t in index.due(100)] == ["x"]
+
+
+def test_stale_entries_are_compacted_and_repeats_add_nothing() -> None:
+    index = DueIndex()
+    for i in range(5000):
+        index.set(timer(f"p{i}", 1000 + i))
+        index.set(timer(f"p{i}", 1000 + i))  # a redelivered command re-arms the same timer
+        index.set(timer(f"p{i}", 2000 + i, seq=2))
+        index.discard(f"p{i}")
+    index.set(timer("last", 5))
+    assert len(index) == 1
+    assert len(index._heap) <= 2 * len(index) + 1024
+    assert [t.payment_id for t in index.due(10_000)] == ["last"]
