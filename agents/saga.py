@@ -35,7 +35,7 @@ from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, notifications, payment_created_dlq, state_changed
 from tables.keyed import local_partition, writing_partition
-from tables.payments import payments
+from tables.payments import live_rows, payments
 from tables.timers import due_index
 
 __all__ = ["POLICY", "apply_traced", "deliver", "handle_command", "saga", "saga_policy"]
@@ -69,12 +69,13 @@ def handle_command(command: Command) -> Outcome:
     """Apply one command and send its effects (buffered sends, flushed before commit)."""
     started = time.perf_counter()
     now = clock.now()
-    before = payments.get(command.payment_id)
+    before = live_rows.get(command.payment_id)
     outcome = apply(before, command, now, POLICY)
 
     if outcome.status is Status.APPLIED:
         assert outcome.payment is not None
         payments[command.payment_id] = outcome.payment
+        live_rows.stored(outcome.payment)
         for event in outcome.events:
             metrics.transitions.labels(
                 from_state=event.previous_state or "", to_state=event.current_state

@@ -22,7 +22,7 @@ from orchestrator_app.domain.records import Command, CommandKind, Timer
 from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for
 from orchestrator_app.topics import commands
 from tables.keyed import partition_of
-from tables.payments import payments, pending_timers
+from tables.payments import live_rows, payments, pending_timers
 from tables.timers import due_index
 
 __all__ = ["TICK_SECONDS", "fire_due_timers", "rebuild", "timer_command"]
@@ -125,10 +125,12 @@ def fire_due_timers(clock: float) -> int:
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
-    """Timers of revoked partitions stop firing at revocation, not at the next rescan."""
+    """Timers of revoked partitions stop firing at revocation, not at the next rescan; the
+    saga's decoded rows are forgotten (see `tables.payments.LiveRows`)."""
     gone = {tp.partition for tp in revoked if tp.topic == commands.get_topic_name()}
     if gone:
         due_index.keep(lambda timer: partition_of(timer.payment_id) not in gone)
+        live_rows.clear()  # the next owner of a revoked partition writes its rows
 
 
 @app.timer(interval=TICK_SECONDS)

@@ -56,3 +56,22 @@ async def read_until(
     finally:
         await consumer.stop()
     return records
+
+
+async def read_to_end(brokers: str, topic: str,
+                      timeout: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record on `topic` up to its end offsets as they are now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    return await read_until(
+        brokers, topic,
+        lambda records: all(
+            sum(1 for r in records if r.partition == tp.partition) >= ends[tp] for tp in tps),
+        timeout)

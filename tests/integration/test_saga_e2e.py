@@ -19,6 +19,7 @@ from tests.kafka_util import produce, read_until
 from tests.saga_util import (
     created_event,
     get_state,
+    metric,
     metric_samples,
     partition_of,
     states,
@@ -144,6 +145,12 @@ async def test_two_hundred_payments_every_path(
             assert (e["currency"], e["customer_id"], e["merchant_id"]) == (
                 p["currency"], p["customer_id"], p["merchant_id"])
             assert METADATA_KEYS.get(state, set()) <= set(e["metadata"])
+
+    # One worker, no rebalance: every NATS outcome was applied in place by its owner (no
+    # result command through Kafka) — one per fraud check, at least one per processed one.
+    delivered = "payment_nats_outcomes_delivered_total"
+    assert metric(worker, delivered, path="kafka") == 0
+    assert metric(worker, delivered, path="local") >= len(payments) + kinds.count("completed")
 
     # Consumer lag (kafka_consumer_lag{topic}) is published and drains to 0 once the
     # offsets of the processed records are committed.
