@@ -31,6 +31,7 @@ MODULES = (
     "orchestrator_app.topics",
     "orchestrator_app.resources",
     "orchestrator_app.lag",
+    "orchestrator_app.census",
     "tables.payments",
     "tables.timers",
     "agents.fraud",

@@ -62,6 +62,18 @@ WHERE payment_states.version < EXCLUDED.version
 """
 
 
+#: Payments per state, group-wide: how many, the oldest last change, how many have not
+#: changed for $1 seconds; and the settled outcomes of the payments created in the last $2
+#: seconds (for the success rate).
+_CENSUS = """
+SELECT current_state, count(*) AS payments, min(updated_at) AS oldest_update,
+       count(*) FILTER (WHERE updated_at < now() - make_interval(secs => $1)) AS stale,
+       count(*) FILTER (WHERE created_at >= now() - make_interval(secs => $2)) AS recent,
+       extract(epoch FROM now() - min(updated_at))::float8 AS oldest_age_seconds
+FROM payment_states
+GROUP BY current_state
+"""
+
 _LIST_COLUMNS = (
     "payment_id, current_state, previous_state, amount, currency, customer_id, merchant_id,"
     " metadata::text AS metadata, version, created_at, updated_at"
@@ -229,6 +241,15 @@ class PaymentStore(faust.Service):
                 [first_seen[r.payment_id] for r in states],
                 [r.changed_at for r in states],
             )
+
+    async def state_census(self, stale_after: float, recent_window: float) -> list[Any]:
+        """Rows of `_CENSUS`: per state, ``payments``, ``oldest_update``,
+        ``oldest_age_seconds`` (the database's clock), ``stale`` (unchanged for
+        `stale_after` seconds) and ``recent`` (created in the last `recent_window` seconds)."""
+        pool = await self.pool()
+        async with pool.acquire(timeout=5) as conn:
+            return list(await conn.fetch(_CENSUS, float(stale_after), float(recent_window),
+                                         timeout=10))
 
     async def list_payments(self, query: ListQuery) -> ListPage:
         """One page of payments, newest first (keyset pagination: no OFFSET)."""
