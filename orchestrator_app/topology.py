@@ -44,6 +44,7 @@ MODULES = (
     "orchestrator_app.web.health",
     "orchestrator_app.web.views",
     "orchestrator_app.web.commands",
+    "orchestrator_app.web.dashboard",
 )
 
 
