@@ -3,37 +3,31 @@ the whole group whichever worker it asks, and its numbers are the workers' ``/me
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
-import time
-import uuid
 from collections.abc import Callable
-from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from tests.debian_tools import debian_tool
-from tests.kafka_util import produce
-from tests.saga_util import created_event, metric, metric_samples, wait_for_states
+from tests.load_util import (
+    census_count,
+    census_reporter,
+    run_load,
+    settled,
+    start_group,
+    wait,
+)
+from tests.saga_util import metric, metric_samples, wait_for_states
 from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-#: kind -> (customer prefix, merchant prefix, final state): the simulator's rules.
-MIX = {
-    "completed": ("cust", "m", "COMPLETED"),
-    "rejected": ("fraud-cust", "m", "REJECTED"),
-    "review": ("noreply-cust", "m", "MANUAL_REVIEW"),
-    "compensated": ("cust", "fail-m", "COMPENSATED"),
-}
-
-
 def output_dir() -> Path:
     """Where screenshots go: ``TEST_OUTPUT_DIR``, else ``.stack/test-output`` (kept with the
     servers' logs of the run, ignored by git)."""
@@ -79,54 +73,6 @@ class MetricCells(HTMLParser):
         return float(self.cells[(metric_name, key)]["data-value"])
 
 
-def run_load(kafka_brokers: str, topic: str, per_kind: int) -> dict[str, str]:
-    """Produce a mix of every path (and one undecodable record); the expected states."""
-    run = uuid.uuid4().hex[:6]
-    expected: dict[str, str] = {}
-    items: list[tuple[bytes | None, bytes]] = []
-    for kind, (customer, merchant, final) in MIX.items():
-        for i in range(per_kind):
-            payment_id = f"dash-{run}-{kind}-{i:03d}"
-            expected[payment_id] = final
-            items.append((payment_id.encode(), created_event(
-                payment_id, Decimal("25.00"), f"{customer}-{i}", f"{merchant}-{i}")))
-    items.append((b"garbage", b"{not json"))
-    asyncio.run(produce(kafka_brokers, topic, items))
-    return expected
-
-
-def settled(workers: list[WorkerProcess]) -> bool:
-    """Every worker's lag, in records and seconds, is 0."""
-    for worker in workers:
-        for name in ("kafka_consumer_lag", "kafka_consumer_lag_seconds"):
-            if any(v != 0 for v in metric_samples(worker, name).values()):
-                return False
-    return True
-
-
-def wait(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_group(
-    kafka_brokers: str, worker_env: Callable[..., dict[str, str]],
-    spawn_worker: Callable[..., WorkerProcess],
-    spawn_simulator: Callable[..., SimulatorProcess], workers: int,
-) -> tuple[dict[str, str], list[WorkerProcess]]:
-    env = worker_env(kafka_brokers, FRAUD_CHECK_TIMEOUT_SECONDS="1",
-                     BREAKER_FAILURE_THRESHOLD="1000")
-    spawn_simulator()
-    started = [spawn_worker(env, name=f"worker-{n}") for n in range(workers)]
-    for worker in started:
-        worker.wait_healthy(timeout=90)
-    return env, started
-
-
 def dump_dom(chromium: str, url: str, budget_ms: int) -> str:
     result = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -151,15 +97,15 @@ def test_dashboard_in_chromium_matches_metrics(
     chromium = debian_tool("chromium", "chromium")
     env, workers = start_group(kafka_brokers, worker_env, spawn_worker, spawn_simulator, 2)
     prefix = env["TOPIC_PREFIX"]
+    before = census_count(census_reporter(workers), "COMPLETED")
     expected = run_load(kafka_brokers, f"{prefix}payment.created", per_kind=8)
     wait_for_states(workers[0], expected, timeout=120)
     wait(lambda: settled(workers), "lag 0 on both workers")
     wait(lambda: any(
-        metric(w, "payment_current_state_gauge", state="COMPLETED") == 8
+        census_count(w, "COMPLETED") == before + 8
         and metric(w, "payment_dead_letter_topic_depth", topic=f"{prefix}payment.created.dlq")
         == 1 for w in workers), "the census of the load")
-    reporter = next(w for w in workers
-                    if metric(w, "payment_current_state_gauge", state="COMPLETED") == 8)
+    reporter = census_reporter(workers)
 
     # Whichever worker is asked, the JSON covers the group: every partition once.
     for worker in workers:
@@ -209,9 +155,9 @@ def test_dashboard_in_chromium_matches_metrics(
     assert cells.value("funnel", "created") == len(expected)
 
     # Group gauges: the reporter's /metrics.
-    # settled: 8 completed, 8 rejected, 8 compensated (manual review is not settled)
-    assert cells.value("success_rate", "") == metric(reporter, "payment_success_rate") \
-        == round(8 / 24, 6)
+    # (the database is shared by the run's tests: the rate covers their payments too)
+    assert cells.value("success_rate", "") == metric(reporter, "payment_success_rate")
+    assert 0 < metric(reporter, "payment_success_rate") < 1
     for state in ("COMPLETED", "REJECTED", "MANUAL_REVIEW", "COMPENSATED", "FRAUD_CHECK"):
         assert cells.value("state", state) == metric(
             reporter, "payment_current_state_gauge", state=state)
