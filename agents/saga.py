@@ -25,12 +25,11 @@ from typing import Any
 
 from agents.outbound import outbound
 from orchestrator_app import clock, metrics, pending
-from orchestrator_app.app import app, settings
-from orchestrator_app.config import Settings
+from orchestrator_app.app import app
 from orchestrator_app.deadletter import dead_letter
-from orchestrator_app.domain.policies import RetryPolicy
 from orchestrator_app.domain.records import Command
-from orchestrator_app.domain.saga import Outcome, SagaPolicy, Status, apply
+from orchestrator_app.domain.saga import Outcome, Status, apply
+from orchestrator_app.policy import POLICY, saga_policy
 from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, notifications, payment_created_dlq, state_changed
@@ -41,28 +40,6 @@ from tables.timers import due_index
 __all__ = ["POLICY", "apply_traced", "deliver", "handle_command", "saga", "saga_policy"]
 
 log = logging.getLogger(__name__)
-
-
-def saga_policy(s: Settings) -> SagaPolicy:
-    """Deadlines sit well above the NATS timeouts: they only catch lost requests."""
-    watchdog = max(s.watchdog_seconds, 2 * max(s.fraud_timeout, s.processor_timeout,
-                                               s.refund_timeout))
-    return SagaPolicy(
-        auto_process=s.auto_process,
-        retry=RetryPolicy(
-            max_retries=s.retry_max_attempts,
-            initial_delay=s.retry_initial_delay,
-            max_delay=s.retry_max_delay,
-            factor=s.retry_backoff_factor,
-        ),
-        fraud_deadline=watchdog,
-        processing_deadline=watchdog,
-        refund_deadline=watchdog,
-        max_circuit_waits=s.max_circuit_waits,
-    )
-
-
-POLICY = saga_policy(settings)
 
 
 def handle_command(command: Command) -> Outcome:

@@ -6,7 +6,7 @@ import time
 
 from orchestrator_app import metrics
 from orchestrator_app.app import settings
-from orchestrator_app.domain.policies import CircuitBreaker
+from orchestrator_app.policy import circuit_breaker
 
 __all__ = ["Breaker", "fraud_breaker", "processor_breaker"]
 
@@ -16,11 +16,7 @@ class Breaker:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self.policy = CircuitBreaker(
-            threshold=settings.breaker_failure_threshold,
-            reset_timeout=settings.breaker_reset_timeout,
-            half_open_max=settings.breaker_half_open_max_requests,
-        )
+        self.policy = circuit_breaker(settings)
         self._publish()
 
     def allow(self) -> bool:

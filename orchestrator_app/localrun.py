@@ -15,7 +15,8 @@ What it does, in order (``python -m orchestrator_app.localrun --help`` for the o
    (``simulator.py``): completed, rejected, manual review (after the fraud-check timeout),
    slow fraud checks, a retried processor failure, and compensation (a declined card, and a
    processor down until the retries run out);
-4. a banner with a state URL that answers, the metrics and health URLs and the logs, then a
+4. a banner with the dashboard URL, a state URL that answers, the metrics and health URLs and
+   the logs, then a
    progress line every ~10 s (sent, and the states reached, read from ``/metrics``).
 
 Ctrl-C (SIGINT) or SIGTERM stops the worker and simulator (SIGTERM, then SIGKILL after a
@@ -24,7 +25,8 @@ by name: only the process groups this module created.
 
 Output lines a script can rely on: ``pids: <pid> …`` (every process group started; each is
 gone when this exits), ``health:  http://127.0.0.1:<port>/health`` and
-``state:   http://127.0.0.1:<port>/payments/<id>/state`` (the first demo payment).
+``state:   http://127.0.0.1:<port>/payments/<id>/state`` (the first demo payment) and
+``dashboard: http://127.0.0.1:<port>/dashboard``.
 """
 
 from __future__ import annotations
@@ -545,6 +547,7 @@ class LocalRun:
         say("=" * 78)
         say("payment-orchestrator is running locally with demo payments")
         say(f"  state:   {state_url}")
+        say(f"  dashboard: {self.url('/dashboard')}")
         say(f"  metrics: {self.url('/metrics')}")
         say(f"  health:  {self.url('/health')}")
         token = "$API_TOKEN" if self.api_token != DEMO_TOKEN else DEMO_TOKEN

@@ -30,6 +30,8 @@ EXPECTED_TABLES = frozenset({"payments"})
 MODULES = (
     "orchestrator_app.topics",
     "orchestrator_app.resources",
+    "orchestrator_app.lag",
+    "orchestrator_app.census",
     "tables.payments",
     "tables.timers",
     "agents.fraud",
@@ -39,8 +41,10 @@ MODULES = (
     "agents.ingest",
     "agents.timers",
     "agents.postgres_sink",
-    "orchestrator_app.web",
-    "orchestrator_app.command_api",
+    "orchestrator_app.web.health",
+    "orchestrator_app.web.views",
+    "orchestrator_app.web.commands",
+    "orchestrator_app.web.dashboard",
 )
 
 

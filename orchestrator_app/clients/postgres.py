@@ -8,7 +8,7 @@ Postgres is a sink, not the source of truth: a write may be repeated any number 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -18,7 +18,6 @@ import asyncpg
 import faust
 
 from orchestrator_app.domain import codec
-from orchestrator_app.domain.saga import format_timestamp
 
 __all__ = ["CONNECTION_ERRORS", "ListPage", "ListQuery", "PaymentStore", "StateRow"]
 
@@ -63,6 +62,18 @@ WHERE payment_states.version < EXCLUDED.version
 """
 
 
+#: Payments per state, group-wide: how many, the oldest last change, how many have not
+#: changed for $1 seconds; and the settled outcomes of the payments created in the last $2
+#: seconds (for the success rate).
+_CENSUS = """
+SELECT current_state, count(*) AS payments, min(updated_at) AS oldest_update,
+       count(*) FILTER (WHERE updated_at < now() - make_interval(secs => $1)) AS stale,
+       count(*) FILTER (WHERE created_at >= now() - make_interval(secs => $2)) AS recent,
+       extract(epoch FROM now() - min(updated_at))::float8 AS oldest_age_seconds
+FROM payment_states
+GROUP BY current_state
+"""
+
 _LIST_COLUMNS = (
     "payment_id, current_state, previous_state, amount, currency, customer_id, merchant_id,"
     " metadata::text AS metadata, version, created_at, updated_at"
@@ -88,9 +99,11 @@ class ListQuery:
 
 @dataclass(frozen=True)
 class ListPage:
-    """One page: API-ready items, and the keyset of the last item when more follow."""
+    """One page of ``payment_states`` rows (the columns of `list_sql`, as the database
+    returns them: the web layer shapes them into JSON), and the keyset of the last row when
+    more follow."""
 
-    items: list[dict[str, Any]]
+    rows: list[Mapping[str, Any]]
     next_cursor: tuple[datetime, str] | None
 
 
@@ -122,24 +135,6 @@ def list_sql(query: ListQuery) -> tuple[str, list[Any]]:
     # One more row than asked: its presence says whether a next page exists.
     sql += f" ORDER BY created_at DESC, payment_id DESC LIMIT {param(query.limit + 1)}"
     return sql, params
-
-
-def list_item(row: Any) -> dict[str, Any]:
-    """A payment_states row as the API shows it: exact decimals, ISO 8601 UTC times."""
-    metadata = row["metadata"]
-    return {
-        "payment_id": row["payment_id"],
-        "current_state": row["current_state"],
-        "previous_state": row["previous_state"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "customer_id": row["customer_id"],
-        "merchant_id": row["merchant_id"],
-        "metadata": codec.loads(metadata) if metadata is not None else {},
-        "version": row["version"],
-        "created_at": format_timestamp(row["created_at"]),
-        "updated_at": format_timestamp(row["updated_at"]),
-    }
 
 
 @dataclass(frozen=True)
@@ -247,6 +242,15 @@ class PaymentStore(faust.Service):
                 [r.changed_at for r in states],
             )
 
+    async def state_census(self, stale_after: float, recent_window: float) -> list[Any]:
+        """Rows of `_CENSUS`: per state, ``payments``, ``oldest_update``,
+        ``oldest_age_seconds`` (the database's clock), ``stale`` (unchanged for
+        `stale_after` seconds) and ``recent`` (created in the last `recent_window` seconds)."""
+        pool = await self.pool()
+        async with pool.acquire(timeout=5) as conn:
+            return list(await conn.fetch(_CENSUS, float(stale_after), float(recent_window),
+                                         timeout=10))
+
     async def list_payments(self, query: ListQuery) -> ListPage:
         """One page of payments, newest first (keyset pagination: no OFFSET)."""
         sql, params = list_sql(query)
@@ -258,4 +262,4 @@ class PaymentStore(faust.Service):
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         next_cursor = (rows[-1]["created_at"], rows[-1]["payment_id"]) if more else None
-        return ListPage([list_item(row) for row in rows], next_cursor)
+        return ListPage(list(rows), next_cursor)

@@ -44,7 +44,7 @@ def new_token() -> str:
 
 
 def client_id(token: str) -> str:
-    """The client id the API derives from a token (command_api.authenticate)."""
+    """The client id the API derives from a token (orchestrator_app.auth.authenticate)."""
     return "client-" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from orchestrator_app.devstack import free_port
 from orchestrator_app.domain import codec
-from orchestrator_app.listing import encode_cursor
+from orchestrator_app.web.listing import encode_cursor
 from tests.kafka_util import produce
 from tests.saga_util import created_event
 from tests.workers import SimulatorProcess, WorkerProcess

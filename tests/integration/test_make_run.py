@@ -109,6 +109,10 @@ def test_make_run_on_tansu_settles_demo_payments_and_stops_everything() -> None:
         m = out.wait_for(r"state:\s+http://127\.0\.0\.1:(\d+)/payments/(demo-[0-9a-f]+)-000001/"
                          r"state", 120)
         port, tag = int(m.group(1)), m.group(2).removeprefix("demo-")
+        dashboard = out.wait_for(r"dashboard: (http://127\.0\.0\.1:\d+/dashboard)$", 10)
+        with urllib.request.urlopen(dashboard.group(1), timeout=10) as response:
+            assert response.status == 200
+            assert b"/dashboard/data.json" in response.read()
         expected = {payment_id(tag, n): OUTCOME[MIX[n - 1]] for n in range(1, PAYMENTS + 1)}
         assert set(MIX[:PAYMENTS]) == set(KINDS)
         assert sum(s == "COMPLETED" for s in expected.values()) >= 3

@@ -152,17 +152,18 @@ async def test_two_hundred_payments_every_path(
     assert metric(worker, delivered, path="kafka") == 0
     assert metric(worker, delivered, path="local") >= len(payments) + kinds.count("completed")
 
-    # Consumer lag (kafka_consumer_lag{topic}) is published and drains to 0 once the
-    # offsets of the processed records are committed.
+    # Consumer lag (kafka_consumer_lag{topic,partition}) is published for every partition
+    # and drains to 0 once the offsets of the processed records are committed.
     lag_topic = f"{prefix}payment.created"
     deadline = time.monotonic() + 30
     while True:
         samples = metric_samples(worker, "kafka_consumer_lag")
-        lag = samples.get((("topic", lag_topic),))
-        if lag == 0.0 or time.monotonic() > deadline:
+        lags = {dict(labels)["partition"]: value for labels, value in samples.items()
+                if dict(labels)["topic"] == lag_topic}
+        if (len(lags) == 4 and set(lags.values()) == {0.0}) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
-    assert lag == 0.0, samples
+    assert len(lags) == 4 and set(lags.values()) == {0.0}, samples
 
     # 3. PostgreSQL: latest state, exact amount, one history row per transition.
     ids = list(payments)

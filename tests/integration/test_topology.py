@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,55 @@ def test_app_has_every_agent_and_table(direct: str) -> None:
     # the key of the commands topic, or requests go to a replica that lacks the payment.
     assert found["routing_key"] == "p-1"
     assert found["changelog"] == "payment-orchestrator-payments-changelog"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Package → packages it must never import (app, config, domain ← tables ← agents, web).
+FORBIDDEN = {
+    "orchestrator_app/web": ("agents",),
+    "agents": ("orchestrator_app.web",),
+    "tables": ("agents", "orchestrator_app.web"),
+    "orchestrator_app/domain": ("agents", "tables", "orchestrator_app"),
+}
+#: The app level (every module of orchestrator_app outside web/) imports neither wing.
+APP_LEVEL_FORBIDDEN = ("agents", "orchestrator_app.web")
+#: Modules that sit at the top on purpose: they import every wing to assemble the worker.
+ASSEMBLERS = {"orchestrator_app/topology.py", "orchestrator_app/localrun.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _hits(path: Path, forbidden: tuple[str, ...]) -> list[str]:
+    if str(path.relative_to(ROOT)).startswith("orchestrator_app/domain"):
+        # the domain may import itself
+        return sorted(m for m in imported_modules(path) if m.split(".")[0] in forbidden
+                      and not m.startswith("orchestrator_app.domain"))
+    return sorted(m for m in imported_modules(path)
+                  if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def test_imports_flow_one_way() -> None:
+    """app, config, domain ← tables ← agents, web: no package imports a wing above it."""
+    wrong: dict[str, list[str]] = {}
+    for folder, forbidden in FORBIDDEN.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if hits := _hits(path, forbidden):
+                wrong[str(path.relative_to(ROOT))] = hits
+    for path in sorted((ROOT / "orchestrator_app").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith(("orchestrator_app/web/", "orchestrator_app/domain/")) \
+                or rel in ASSEMBLERS:
+            continue
+        if hits := _hits(path, APP_LEVEL_FORBIDDEN):
+            wrong[rel] = hits
+    assert wrong == {}

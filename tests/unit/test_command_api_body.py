@@ -1,4 +1,4 @@
-"""``command_api.parse_body``: the pure check of a command's JSON body.
+"""``web.commands.parse_body``: the pure check of a command's JSON body.
 
 Text PostgreSQL cannot store is refused with 400 (the caller can fix and resend): U+0000,
 the other C0 controls except tab / newline / carriage return, and unpaired surrogates.
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator_app.auth import ApiError
-from orchestrator_app.command_api import parse_body
+from orchestrator_app.web.commands import parse_body
 
 
 def refused(action: str, raw: bytes) -> ApiError:

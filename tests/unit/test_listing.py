@@ -12,14 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator_app.clients.postgres import ListQuery, list_item, list_sql
+from orchestrator_app.clients.postgres import ListQuery, list_sql
 from orchestrator_app.domain.state_machine import State
-from orchestrator_app.listing import (
+from orchestrator_app.web.listing import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     ListingError,
     decode_cursor,
     encode_cursor,
+    list_item,
     parse_list_query,
     single_values,
 )

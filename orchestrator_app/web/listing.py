@@ -1,4 +1,5 @@
-"""``GET /payments`` query parameters: parse and validate them into a `ListQuery`, no I/O.
+"""``GET /payments``, no I/O: query parameters parsed and validated into a `ListQuery`, and
+the rows the database returns shaped into the API's JSON items (`list_item`).
 
 Every refusal is a `ListingError` whose text says which parameter is wrong and why; the web
 view returns it as a 400. Nothing from the query string reaches SQL as text: the store
@@ -22,6 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator_app.clients.postgres import ListQuery
+from orchestrator_app.domain import codec
+from orchestrator_app.domain.saga import format_timestamp
 from orchestrator_app.domain.state_machine import State
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "ListingError",
     "decode_cursor",
     "encode_cursor",
+    "list_item",
     "parse_list_query",
     "single_values",
 ]
@@ -100,6 +104,24 @@ def parse_list_query(params: Mapping[str, str]) -> ListQuery:
                      since=since, until=until, limit=limit, cursor=cursor)
 
 
+def list_item(row: Any) -> dict[str, Any]:
+    """A payment_states row as the API shows it: exact decimals, ISO 8601 UTC times."""
+    metadata = row["metadata"]
+    return {
+        "payment_id": row["payment_id"],
+        "current_state": row["current_state"],
+        "previous_state": row["previous_state"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "customer_id": row["customer_id"],
+        "merchant_id": row["merchant_id"],
+        "metadata": codec.loads(metadata) if metadata is not None else {},
+        "version": row["version"],
+        "created_at": format_timestamp(row["created_at"]),
+        "updated_at": format_timestamp(row["updated_at"]),
+    }
+
+
 def encode_cursor(created_at: datetime, payment_id: str) -> str:
     """The opaque cursor of a page that ends at (created_at, payment_id)."""
     if created_at.tzinfo is None:
@@ -148,7 +170,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     if canonical != cursor:
         raise ListingError(bad)
     return moment, payment_id
-
 
 
 def _show(value: str, limit: int = 60) -> str:

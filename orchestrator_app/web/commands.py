@@ -24,7 +24,6 @@ from typing import Any
 
 from faust import web
 
-from agents.saga import POLICY  # the saga's own policy: the dry run must match it
 from orchestrator_app import clock, metrics, pending
 from orchestrator_app.app import app, settings
 from orchestrator_app.auth import ApiError, authenticate, authorize, check_rate
@@ -32,13 +31,14 @@ from orchestrator_app.clients.redis import REDIS_ERRORS, IdempotencyRecord
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import Command, CommandKind
 from orchestrator_app.domain.saga import Status, apply
+from orchestrator_app.policy import POLICY  # the saga's own policy: the dry run must match it
 from orchestrator_app.resources import redis_client
 from orchestrator_app.topics import commands
-from orchestrator_app.web import (
+from orchestrator_app.web.routing import (
     JSON,
     Unavailable,
+    api_error,
     check_local_reads,
-    error,
     forward,
     json_response,
     owner_of,
@@ -155,10 +155,7 @@ def build_command(
 
 
 def _respond(view: web.View, exc: ApiError, **extra: Any) -> web.Response:
-    response = error(view, exc.status, exc.code, exc.message, **extra)
-    for name, value in (exc.headers or {}).items():
-        response.headers[name] = value
-    return response
+    return api_error(view, exc.status, exc.code, exc.message, exc.headers, **extra)
 
 
 async def handle(view: web.View, request: web.Request, payment_id: str,
