@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agents.outbound import outbound
@@ -34,7 +35,7 @@ from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands, notifications, payment_created_dlq, state_changed
 from tables.keyed import local_partition, writing_partition
-from tables.payments import live_rows, payments
+from tables.payments import live_rows
 from tables.timers import due_index
 
 __all__ = ["POLICY", "apply_traced", "deliver", "handle_command", "saga", "saga_policy"]
@@ -49,10 +50,12 @@ def handle_command(command: Command) -> Outcome:
     before = live_rows.get(command.payment_id)
     outcome = apply(before, command, now, POLICY)
 
+    acknowledged: Callable[[Any], None] | None = None
     if outcome.status is Status.APPLIED:
         assert outcome.payment is not None
-        payments[command.payment_id] = outcome.payment
-        live_rows.stored(outcome.payment)
+        # Written to the table once its effects below are on the broker (see LiveRows).
+        acknowledged = live_rows.applied(
+            outcome.payment, len(outcome.events) + len(outcome.notifications))
         for event in outcome.events:
             metrics.transitions.labels(
                 from_state=event.previous_state or "", to_state=event.current_state
@@ -83,11 +86,13 @@ def handle_command(command: Command) -> Outcome:
     pending.resolve(command.command_id, outcome.status is not Status.REJECTED, outcome.reason)
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     for event in outcome.events:
-        state_changed.send_soon(key=event.payment_id, value=event.dumps())
-    # NATS calls run as background tasks of this worker; outcomes come back as commands.
+        state_changed.send_soon(key=event.payment_id, value=event.dumps(),
+                                callback=acknowledged)
+    # NATS calls run as background tasks of this worker; outcomes come back to `deliver`.
     outbound.start_all(outcome.fraud_requests, outcome.process_requests)
     for note in outcome.notifications:
-        notifications.send_soon(key=note.payment_id, value=note.dumps())
+        notifications.send_soon(key=note.payment_id, value=note.dumps(),
+                                callback=acknowledged)
         metrics.notifications_sent.labels(audience=note.audience, event=note.event).inc()
 
     metrics.command_latency.labels(

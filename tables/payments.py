@@ -7,34 +7,53 @@ payment's pending timer is part of its row (see `tables.timers`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import Collection, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+from orchestrator_app.app import app
 from orchestrator_app.domain.records import Payment, Timer
 from orchestrator_app.domain.saga import timer_of
-from tables.keyed import partition_of, payment_keyed_table
+from tables.keyed import partition_of, payment_keyed_table, writing_partition
 
-__all__ = ["LiveRows", "live_rows", "payments", "pending_timers"]
+__all__ = ["LiveRows", "flush_rows_too", "live_rows", "payments", "pending_timers"]
+
+log = logging.getLogger(__name__)
 
 payments = payment_keyed_table(
     "payments", Payment, "Live payment state by payment_id (DESIGN §1)."
 )
 
 class LiveRows:
-    """Decoded rows of the payments in flight on this worker, beside the table.
+    """The saga's rows: applied at once in memory, written to the table only after their
+    effects are on the broker.
 
-    Decoding a stored Payment (a Faust record with its history) cost more than applying a
-    command to it, and each payment is read once per command. The saga is the only writer of
-    its partitions, so the row it wrote last *is* the stored row while it keeps the
-    partition: every row it writes is kept here until the payment has nothing left to wait
-    for, and everything is forgotten when partitions are revoked (another worker may write
-    them next). Bounded: the oldest entries go first.
+    Why write-behind. A payment's row (store and changelog) must never be durable before
+    the events and notifications of that version are: a worker killed in between would
+    leave a successor with a state whose events nobody will ever send — an outcome applied
+    in place (`agents.saga.deliver`) has no input record to be redelivered. So every effect
+    carries an acknowledgement callback; a version's row is written (``payments[id] = row``,
+    store and changelog together) once its effects and those of every earlier version are
+    acknowledged; and the producer's flush — what Faust awaits before committing offsets or
+    giving up partitions — also waits for the rows those acknowledgements release
+    (`flush_rows_too`). A worker killed first leaves the previous row, whose pending
+    work (a call to re-issue, a redelivered input) brings the same version back.
+
+    Until then the saga reads its rows here (decoding a stored Payment also cost more than
+    applying a command to it). Rows of finished payments are dropped once written; every
+    row is forgotten when partitions are revoked (after Faust's flush: nothing is pending).
     """
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 50_000,
+                 write: Callable[[Payment], None] | None = None) -> None:
         self.limit = limit
+        self._write = write or _write_row
         self._rows: dict[str, Payment] = {}
+        #: Per payment, versions not yet written: [effects not yet acknowledged, row].
+        self._pending: dict[str, deque[list[Any]]] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -43,20 +62,82 @@ class LiveRows:
         row = self._rows.get(payment_id)
         return row if row is not None else payments.get(payment_id)
 
-    def stored(self, payment: Payment) -> None:
-        """`payment` was just written to the table."""
-        if payment.timer_kind is None:  # finished, or waiting for nobody: read it back
-            self._rows.pop(payment.payment_id, None)
+    def pending(self) -> int:
+        """Payments with a version not yet written to the table."""
+        return len(self._pending)
+
+    def applied(self, payment: Payment, effects: int) -> Callable[[Any], None]:
+        """`payment` is the new row; `effects` sends will call the returned callback once
+        each, when the broker has them. (No effects: written as soon as the earlier
+        versions are.)"""
+        payment_id = payment.payment_id
+        self._rows[payment_id] = payment
+        entry: list[Any] = [effects, payment]
+        self._pending.setdefault(payment_id, deque()).append(entry)
+
+        def acknowledged(_: Any = None) -> None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                self._write_ready(payment_id)
+
+        if effects <= 0:
+            self._write_ready(payment_id)
+        return acknowledged
+
+    def _write_ready(self, payment_id: str) -> None:
+        queue = self._pending.get(payment_id)
+        ready: Payment | None = None
+        while queue and queue[0][0] <= 0:
+            ready = queue.popleft()[1]
+        if ready is None:
             return
-        self._rows[payment.payment_id] = payment
-        if len(self._rows) > self.limit:
-            del self._rows[next(iter(self._rows))]
+        if not queue:
+            del self._pending[payment_id]
+        self._write(ready)
+        if not queue and self._rows.get(payment_id) is ready and ready.timer_kind is None:
+            del self._rows[payment_id]  # written and waiting for nobody: the table has it
+        elif len(self._rows) > self.limit:
+            self._evict()
+
+    def _evict(self) -> None:
+        for payment_id in list(self._rows)[: len(self._rows) - self.limit]:
+            if payment_id not in self._pending:  # written: safe to read back
+                del self._rows[payment_id]
 
     def clear(self) -> None:
         self._rows.clear()
+        self._pending.clear()
+
+
+def _write_row(row: Payment) -> None:
+    """Store and changelog of the row's own partition (called from send callbacks too)."""
+    try:
+        with writing_partition(partition_of(row.payment_id)):
+            payments[row.payment_id] = row
+    except Exception:  # pragma: no cover - a bug; the worker must not go on silently
+        log.exception("writing a payment row failed")
+        raise
 
 
 live_rows = LiveRows()
+
+
+def flush_rows_too(producer: Any) -> None:
+    """Make ``producer.flush()`` (awaited by Faust before every commit and revocation)
+    also flush the rows that the acknowledgements it waited for released."""
+    flush = producer.flush
+
+    async def flush_with_rows() -> None:
+        await flush()
+        # Acknowledgement callbacks run on the next loop turns; they queue the rows.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await flush()
+
+    producer.flush = flush_with_rows
+
+
+flush_rows_too(app.producer)
 
 #: A stored row without a timer (most rows: every terminal payment) — skipped undecoded.
 _NO_TIMER = re.compile(rb'"timer_kind"\s*:\s*null')
