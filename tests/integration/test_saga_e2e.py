@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.kafka_util import produce, read_until
+from tests.kafka_util import produce, read_to_end, read_until
 from tests.saga_util import (
     created_event,
     get_state,
@@ -151,6 +151,12 @@ async def test_two_hundred_payments_every_path(
     delivered = "payment_nats_outcomes_delivered_total"
     assert metric(worker, delivered, path="kafka") == 0
     assert metric(worker, delivered, path="local") >= len(payments) + kinds.count("completed")
+    # Rows written outside stream iteration (in-place outcomes, write-behind) land on their
+    # payment's own changelog partition, the one a successor recovers them from.
+    changelog = await read_to_end(kafka_brokers, f"{env['APP_ID']}-payments-changelog")
+    mine = [r for r in changelog if r.key.decode() in payments]
+    assert {r.key.decode() for r in mine} == set(payments)
+    assert all(r.partition == partition_of(r.key.decode()) for r in mine)
 
     # Consumer lag (kafka_consumer_lag{topic,partition}) is published for every partition
     # and drains to 0 once the offsets of the processed records are committed.
