@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # uvloop: less CPU per event (DESIGN §7). Faust reads FAUST_LOOP when imported,
         # which is just below; FAUST_LOOP=aio keeps asyncio's own loop.
         os.environ.setdefault("FAUST_LOOP", "uvloop")
+        if settings.log_format == "json" and "--no-quiet" not in args:
+            # Faust's banner is a table on stdout, not a log line: every line stays JSON.
+            args.insert(0, "--quiet")
 
     from orchestrator_app import commands, topology  # noqa: F401 - registers everything
 
