@@ -30,6 +30,7 @@ from orchestrator_app.app import app
 from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.records import Command
 from orchestrator_app.domain.saga import Outcome, Status, apply
+from orchestrator_app.logs import payment_context
 from orchestrator_app.policy import POLICY, saga_policy
 from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
@@ -79,7 +80,7 @@ def handle_command(command: Command) -> Outcome:
         metrics.transition_errors.labels(
             state=state, error_type=outcome.trigger.value if outcome.trigger else command.kind
         ).inc()
-        log.info("command %s refused: %s", command.kind, outcome.reason)
+        log.info("command %s refused: %s", command.kind, outcome.reason, extra={"state": state})
 
     if outcome.status in (Status.APPLIED, Status.DUPLICATE) and outcome.payment is not None:
         _store_timer(outcome)
@@ -126,7 +127,7 @@ def command_of(event: Any) -> Command | None:
 
 
 def apply_traced(command: Command) -> Outcome:
-    with tracer.start_as_current_span("saga.apply") as span:
+    with tracer.start_as_current_span("saga.apply") as span, payment_context(command.payment_id):
         outcome = handle_command(command)
         span.set_attribute("payment.id", command.payment_id)
         span.set_attribute("command.kind", command.kind)

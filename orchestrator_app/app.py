@@ -13,6 +13,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from orchestrator_app.config import get_settings
+from orchestrator_app.logs import logging_config
 from orchestrator_app.supervision import guard_producer, on_agent_error
 
 __all__ = ["app", "settings"]
@@ -47,6 +48,8 @@ app = faust.App(
     web_metrics_enabled=False,
     table_standby_replicas=settings.table_standby_replicas,
     store_check_exists=True,
+    # The worker applies it when it starts: Faust's lines and ours in one format (logs.py).
+    logging_config=logging_config(settings.log_format, settings.log_level),
 )
 
 

@@ -6,6 +6,7 @@ with exit code 2 and one line naming the variable, not a traceback from deep in 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,17 @@ def _subcommand(argv: Sequence[str]) -> str:
     return ""
 
 
+def _say(settings: Settings, level: int, message: str) -> None:
+    """A worker's line on stderr before Faust configured logging: in the worker's format."""
+    if settings.log_format == "json":
+        from orchestrator_app.logs import JsonFormatter
+
+        record = logging.LogRecord(__name__, level, __file__, 0, message, None, None)
+        print(JsonFormatter().format(record), file=sys.stderr, flush=True)
+    else:
+        print(f"payment-orchestrator: {message}", file=sys.stderr, flush=True)
+
+
 def _prepare_topics(settings: Settings) -> None:
     """Every topic must exist before the consumer subscribes (see kafka_admin)."""
     import asyncio
@@ -42,14 +54,15 @@ def _prepare_topics(settings: Settings) -> None:
         asyncio.run(ensure_topics(settings))
         created = asyncio.run(partition_count(settings, settings.topics.payment_created))
     except TimeoutError as exc:
-        print(f"payment-orchestrator: {exc}", file=sys.stderr)
+        _say(settings, logging.CRITICAL, str(exc))
         sys.exit(1)
     if settings.ingest_direct and created != settings.topic_partitions:
         # The saga may read payment.created itself only when its partition p holds the
         # payments of commands partition p; otherwise every event takes the re-keying hop.
-        print(f"payment-orchestrator: {settings.topics.payment_created} has {created} "
-              f"partitions, not TOPIC_PARTITIONS={settings.topic_partitions}: events are "
-              "re-keyed through the commands topic", file=sys.stderr)
+        _say(settings, logging.WARNING,
+             f"{settings.topics.payment_created} has {created} partitions, not "
+             f"TOPIC_PARTITIONS={settings.topic_partitions}: events are re-keyed through the "
+             "commands topic")
         os.environ["INGEST_DIRECT"] = "false"
 
 
@@ -68,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # uvloop: less CPU per event (DESIGN §7). Faust reads FAUST_LOOP when imported,
         # which is just below; FAUST_LOOP=aio keeps asyncio's own loop.
         os.environ.setdefault("FAUST_LOOP", "uvloop")
+        if settings.log_format == "json" and "--no-quiet" not in args:
+            # Faust's banner is a table on stdout, not a log line: every line stays JSON.
+            args.insert(0, "--quiet")
 
     from orchestrator_app import commands, topology  # noqa: F401 - registers everything
 

@@ -130,6 +130,9 @@ class Settings:
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 10.0
     log_level: str = "INFO"
+    #: ``json``: one JSON object per line, Faust's lines included (orchestrator_app.logs);
+    #: ``text``: Faust's own format (``make run`` uses it).
+    log_format: str = "json"
 
     @property
     def broker_url(self) -> str:
@@ -275,6 +278,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _log_format(raw: str) -> str:
+    fmt = raw.strip().lower()
+    if fmt not in {"json", "text"}:
+        raise ValueError("must be json or text")
+    return fmt
+
+
 def _store(raw: str) -> str:
     if raw not in {"rocksdb://", "memory://"}:
         raise ValueError("must be rocksdb:// or memory://")
@@ -327,6 +337,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BROKER_HEARTBEAT_INTERVAL_SECONDS": ("broker_heartbeat_interval", _positive_seconds),
     "BROKER_REBALANCE_TIMEOUT_SECONDS": ("broker_rebalance_timeout", _positive_seconds),
     "LOG_LEVEL": ("log_level", _log_level),
+    "LOG_FORMAT": ("log_format", _log_format),
 }
 
 #: TOPIC_<NAME> overrides one topic; TOPIC_PREFIX prefixes all (test runs use it to isolate).

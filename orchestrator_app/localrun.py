@@ -334,6 +334,8 @@ class LocalRun:
                    WEB_BIND=bind, PYTHONUNBUFFERED="1")
         # The command API needs a token; a fixed, documented one for local use only.
         env.setdefault("API_TOKEN", DEMO_TOKEN)
+        # worker.log is read by a person here: Faust's own format unless LOG_FORMAT is set.
+        env.setdefault("LOG_FORMAT", "text")
         self.api_token = env["API_TOKEN"].split(",")[0]
 
         say("run: payment-orchestrator migrate")

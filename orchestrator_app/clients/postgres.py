@@ -19,7 +19,10 @@ import faust
 
 from orchestrator_app.domain import codec
 
-__all__ = ["CONNECTION_ERRORS", "ListPage", "ListQuery", "PaymentStore", "StateRow"]
+__all__ = [
+    "CONNECTION_ERRORS", "ListPage", "ListQuery", "PaymentStore", "StateRow",
+    "accumulated_metadata",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +58,38 @@ SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::varchar[], $4::numeric[],
 ON CONFLICT (payment_id) DO UPDATE SET
     current_state = EXCLUDED.current_state,
     previous_state = EXCLUDED.previous_state,
-    metadata = EXCLUDED.metadata,
+    metadata = COALESCE(payment_states.metadata, '{}'::jsonb) || EXCLUDED.metadata,
     version = EXCLUDED.version,
     updated_at = EXCLUDED.updated_at
 WHERE payment_states.version < EXCLUDED.version
 """
+
+
+def accumulated_metadata(rows: Sequence[StateRow]) -> dict[str, str]:
+    """Per payment, the metadata (JSON text) that the ``payment_states`` row gains from
+    `rows`: the metadata of its latest version and of the versions just before it (the run
+    without a gap), merged in version order, later keys winning — as the live state
+    accumulates it. The upsert appends it (``||``) to what the row holds, so the row's
+    metadata is every state's keys. Versions behind a gap (an older event redelivered into
+    the batch) are left out: the row already holds them, and re-applying them would let
+    older values win."""
+    by_payment: dict[str, dict[int, str]] = {}
+    for row in rows:
+        by_payment.setdefault(row.payment_id, {})[row.version] = row.metadata
+    merged: dict[str, str] = {}
+    for payment_id, versions in by_payment.items():
+        latest = max(versions)
+        if len(versions) == 1:
+            merged[payment_id] = versions[latest]
+            continue
+        first = latest
+        while first - 1 in versions:
+            first -= 1
+        folded: dict[str, Any] = {}
+        for version in range(first, latest + 1):
+            folded.update(codec.loads(versions[version]))
+        merged[payment_id] = codec.dumps(folded).decode()
+    return merged
 
 
 #: Payments per state, group-wide: how many, the oldest last change, how many have not
@@ -227,6 +257,7 @@ class PaymentStore(faust.Service):
                 [r.changed_at for r in rows],
             )
             states = list(latest.values())
+            metadata = accumulated_metadata(rows)
             await conn.execute(
                 _UPSERT_STATES,
                 [r.payment_id for r in states],
@@ -236,7 +267,7 @@ class PaymentStore(faust.Service):
                 [r.currency for r in states],
                 [r.customer_id for r in states],
                 [r.merchant_id for r in states],
-                [r.metadata for r in states],
+                [metadata[r.payment_id] for r in states],
                 [r.version for r in states],
                 [first_seen[r.payment_id] for r in states],
                 [r.changed_at for r in states],

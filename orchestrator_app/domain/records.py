@@ -244,7 +244,9 @@ class Payment(_Record):
     previous_state: str | None
     version: int
     updated_at: str
-    #: Metadata of the current state (DESIGN §4 lists the keys per state).
+    #: The keys of every state so far, later ones winning (DESIGN §4 lists the keys per
+    #: state; each `HistoryEntry` keeps its own state's), plus what changed without a
+    #: transition (refund bookkeeping, late processor successes).
     metadata: dict[str, Any]
     history: list[HistoryEntry]
     #: command_id -> [first version, last version] it produced, for the recent commands.

@@ -451,7 +451,10 @@ def _refunded(p: Payment, c: Command, now: str, policy: SagaPolicy) -> _Result:
     refunded = _transition(p, Trigger.REFUND_CONFIRMED, now, metadata, policy)
     if isinstance(refunded, Outcome):
         return refunded
-    return _replace(refunded, refund_pending=False)
+    # The refund's own keys replace the bookkeeping of its attempts (errors, a failure
+    # reported before): a REFUNDED payment never shows ``refund_status: failed``.
+    kept = {k: v for k, v in p.metadata.items() if not k.startswith("refund_")}
+    return _replace(refunded, refund_pending=False, metadata={**kept, **metadata})
 
 
 def _refund_failed(
@@ -502,7 +505,11 @@ def _step(
     payment: Payment, trigger: Trigger, now: str, metadata: dict[str, Any],
     policy: SagaPolicy,
 ) -> Payment:
-    """One transition: new state, version + 1, one history entry, the state's timer."""
+    """One transition: new state, version + 1, one history entry, the state's timer.
+
+    The entry (and so the state-change event) carries the metadata of this transition
+    alone; the payment's own metadata accumulates every transition's keys, later ones
+    winning (a COMPLETED payment still shows its fraud score)."""
     state = State(payment.state)
     target = next_state(state, trigger)
     version = payment.version + 1
@@ -525,7 +532,7 @@ def _step(
         previous_state=state.value,
         version=version,
         updated_at=now,
-        metadata=metadata,
+        metadata={**payment.metadata, **metadata},
         history=[*payment.history, entry],
         attempt=attempt,
     ))

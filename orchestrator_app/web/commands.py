@@ -252,7 +252,8 @@ async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client
         await sent  # acknowledged by the broker
     except Exception:
         verdict.cancel()
-        log.exception("could not put a %s command on the commands topic", action)
+        log.exception("could not put a %s command on the commands topic", action,
+                      extra={"payment_id": payment_id, "state": payment.state})
         return 503, {"error": "unavailable", "message": "could not queue the command; retry"}, {
             "Retry-After": "1"}
     # The saga applying it runs in this process: wait (briefly) for its verdict, so a
@@ -267,7 +268,8 @@ async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client
         return 409, {"error": "invalid_transition", "message": reason,
                      "payment_id": payment_id,
                      "current_state": current.state if current else payment.state}, {}
-    log.info("accepted %s for a payment from %s", action, client)
+    log.info("accepted %s for a payment from %s", action, client,
+             extra={"payment_id": payment_id, "state": payment.state})
     return 202, {"status": "accepted", "action": action, "payment_id": payment_id,
                  "command_id": command.command_id, "current_state": payment.state}, {
         "Location": f"/payments/{payment_id}/state"}

@@ -31,7 +31,8 @@ __all__ = ["list_payments", "payment_state", "prometheus_metrics", "state_view"]
 
 
 def state_view(payment: Payment) -> dict[str, Any]:
-    """The spec's ``GET /payments/{id}/state`` body."""
+    """The spec's ``GET /payments/{id}/state`` body: ``metadata`` holds the keys of every
+    state so far (later ones win); each history item carries its own state's metadata."""
     return {
         "payment_id": payment.payment_id,
         "current_state": payment.state,
@@ -39,7 +40,7 @@ def state_view(payment: Payment) -> dict[str, Any]:
         "updated_at": payment.updated_at,
         "metadata": payment.metadata,
         "history": [
-            {"state": entry.state, "timestamp": entry.timestamp}
+            {"state": entry.state, "timestamp": entry.timestamp, "metadata": entry.metadata}
             for entry in sorted(payment.history, key=lambda e: e.version)
         ],
     }

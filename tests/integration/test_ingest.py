@@ -400,7 +400,9 @@ async def test_payment_created_with_other_partitions_takes_the_rekeying_hop(
     spawn_simulator()
     worker = spawn_worker(env)
     worker.wait_healthy()
-    assert "re-keyed through the commands topic" in worker.log_path.read_text()
+    (note,) = [json.loads(line) for line in worker.log_path.read_text().splitlines()
+               if "re-keyed through the commands topic" in line]  # a JSON line like the rest
+    assert (note["level"], note["logger"]) == ("WARNING", "orchestrator_app.cli")
     run = uuid.uuid4().hex[:8]
     pids = [f"rekey-{run}-{i}" for i in range(16)]
     await produce(kafka_brokers, env["TOPIC_PREFIX"] + "payment.created",

@@ -106,7 +106,14 @@ async def test_two_hundred_payments_every_path(
         assert body["payment_id"] == pid
         assert states(body["history"]) == path
         assert body["previous_state"] == path[-2]
-        assert METADATA_KEYS.get(path[-1], set()) <= set(body["metadata"])
+        # metadata: every state's keys (later ones win); each history item its own state's
+        for entry in body["history"]:
+            assert METADATA_KEYS.get(entry["state"], set()) <= set(entry["metadata"])
+            assert METADATA_KEYS.get(entry["state"], set()) <= set(body["metadata"])
+        folded: dict[str, Any] = {}
+        for entry in body["history"]:
+            folded.update(entry["metadata"])
+        assert body["metadata"] == folded
         stamps = [entry["timestamp"] for entry in body["history"]]
         assert stamps == sorted(stamps)
 
@@ -179,7 +186,8 @@ async def test_two_hundred_payments_every_path(
         while True:
             rows = await conn.fetch(
                 "SELECT payment_id, current_state, previous_state, amount, currency,"
-                " customer_id, merchant_id, version FROM payment_states"
+                " customer_id, merchant_id, version, metadata::text AS metadata"
+                " FROM payment_states"
                 " WHERE payment_id = ANY($1::varchar[])", ids)
             if (len(rows) == len(ids) and all(
                     r["version"] == final_versions[r["payment_id"]] for r in rows)) \
@@ -187,7 +195,8 @@ async def test_two_hundred_payments_every_path(
                 break
             await asyncio.sleep(0.3)
         history = await conn.fetch(
-            "SELECT payment_id, state, version, event_id FROM payment_state_history"
+            "SELECT payment_id, state, version, event_id, metadata::text AS metadata"
+            " FROM payment_state_history"
             " WHERE payment_id = ANY($1::varchar[]) ORDER BY payment_id, version", ids)
     finally:
         await conn.close()
@@ -205,6 +214,10 @@ async def test_two_hundred_payments_every_path(
         assert row["amount"] == p["amount"]
         assert [h["state"] for h in hist[pid]] == path
         assert [h["version"] for h in hist[pid]] == list(range(1, len(path) + 1))
+        # history rows: their state's metadata; the state row: every state's, as the API
+        assert [json.loads(h["metadata"], parse_float=Decimal) for h in hist[pid]] == [
+            e["metadata"] for e in bodies[pid]["history"]]
+        assert json.loads(row["metadata"], parse_float=Decimal) == bodies[pid]["metadata"]
 
 
 async def test_slow_fraud_reply_does_not_delay_its_partition(

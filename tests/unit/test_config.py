@@ -58,6 +58,7 @@ def test_defaults() -> None:
     assert s.topics.commands == "orchestrator-commands"
     assert s.broker_session_timeout == 6.0 and s.broker_heartbeat_interval == 1.0
     assert s.log_level == "INFO"
+    assert s.log_format == "json"
 
 
 def test_values_are_read() -> None:
@@ -70,8 +71,10 @@ def test_values_are_read() -> None:
         API_TOKEN="a" * 16 + ", " + "b" * 20,
         JAEGER_ENDPOINT="http://jaeger:4318",
         LOG_LEVEL="debug",
+        LOG_FORMAT="Text",
         TABLE_STORE="memory://",
     )
+    assert s.log_format == "text"
     assert s.port == 9000
     assert s.fraud_timeout == 2.5
     assert s.retry_max_attempts == 0
@@ -170,6 +173,7 @@ def test_required_are_the_spec_servers() -> None:
         ("MAX_EVENT_BYTES", "-5"),
         ("API_TOKEN", "short"),
         ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
         ("TABLE_STORE", "redis://"),
         ("APP_ID", "my app"),
         ("BROKER_HEARTBEAT_INTERVAL_SECONDS", "5"),  # more than a third of 6 s

@@ -423,7 +423,7 @@ def test_breaker_waits_are_capped_then_the_payment_compensates() -> None:
         "error_code": "circuit_open", "error_message": "processor circuit breaker is open",
         "retry_count": 0, "retryable": True, "circuit_waits": 3,
     }
-    assert p.metadata == {
+    assert p.history[-1].metadata == {
         "compensation_reason": "processor unavailable", "error_code": "circuit_open",
         "error_message": "processor circuit breaker is open", "retry_count": 0,
         "customer_notified": True, "circuit_waits": 3,

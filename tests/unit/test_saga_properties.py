@@ -161,6 +161,14 @@ def outcome_key(outcome: Outcome) -> tuple[Any, ...]:
     )
 
 
+def accumulated(history: list[Any]) -> dict[str, Any]:
+    """The metadata of every state in `history`, in version order, later keys winning."""
+    folded: dict[str, Any] = {}
+    for entry in sorted(history, key=lambda h: h.version):
+        folded.update(entry.metadata)
+    return folded
+
+
 def last_retry_count(history: list[Any]) -> int:
     retries = [h.metadata["retry_count"] for h in history if h.state == S.RETRY]
     return retries[-1] if retries else 0
@@ -185,24 +193,27 @@ def check_payment(p: Payment, policy: SagaPolicy) -> None:
     assert state == State(last.state)
     assert p.previous_state == last.previous_state
     assert p.updated_at == last.timestamp
+    # the payment's metadata: every state's keys, later ones winning (issue 9, item 5)
+    folded = accumulated(p.history)
     if state is S.COMPLETED:
-        # a refund request changes no state: its bookkeeping sits beside the COMPLETED
+        # a refund request changes no state: its bookkeeping sits beside the accumulated
         # metadata, never instead of it
         kept = {k: v for k, v in p.metadata.items() if not k.startswith("refund_")}
-        assert kept == last.metadata
+        assert kept == {k: v for k, v in folded.items() if not k.startswith("refund_")}
+        assert {k: v for k, v in p.metadata.items() if k in last.metadata} == last.metadata
         if p.refund_pending:
             assert "refund_requested_at" in p.metadata
     elif state is S.COMPENSATED:
-        # a processor success after compensation is kept beside the COMPENSATED metadata
+        # a processor success after compensation is kept beside the accumulated metadata
         kept = {k: v for k, v in p.metadata.items() if k != LATE_SUCCESSES}
-        assert kept == last.metadata
+        assert kept == folded
         late = p.metadata.get(LATE_SUCCESSES, [])
         attempts = [entry["attempt"] for entry in late]
         assert len(set(attempts)) == len(attempts)  # one record per attempt
         assert all(1 <= a <= p.attempt for a in attempts)
         assert all(entry["command_id"] in p.applied or len(p.applied) == 64 for entry in late)
     else:
-        assert p.metadata == last.metadata
+        assert p.metadata == folded
     # counters agree with the history
     assert p.attempt == sum(h.state == S.PROCESSING for h in p.history)
     assert p.retry_count == last_retry_count(p.history)
@@ -1214,7 +1225,8 @@ def test_fraud_rejected_goes_to_rejected() -> None:
     p, (_, outcome) = run(create_command(), rejected)
     assert outcome.status is Status.APPLIED
     assert (p.state, p.previous_state, p.version) == ("REJECTED", "FRAUD_CHECK", 3)
-    assert p.metadata == {"fraud_score": Decimal("0.97"), "rejection_reason": "velocity"}
+    assert p.history[-1].metadata == {"fraud_score": Decimal("0.97"),
+                                      "rejection_reason": "velocity"}
     assert outcome.fraud_requests == () and outcome.process_requests == ()
     assert outcome.timer is None and p.timer_seq == 1
     # terminal: nothing moves it any more, not even its old deadline
@@ -1283,8 +1295,13 @@ def test_processor_success_completes() -> None:
                       result(1, success=True, confirmation_id="conf-9"))
     assert outcomes[-1].status is Status.APPLIED
     assert (p.state, p.previous_state, p.version) == ("COMPLETED", "PROCESSING", 5)
-    assert p.metadata == {"completion_timestamp": p.updated_at, "confirmation_id": "conf-9",
-                          "confirmed_attempt": 1}
+    assert p.history[-1].metadata == {"completion_timestamp": p.updated_at,
+                                      "confirmation_id": "conf-9", "confirmed_attempt": 1}
+    # the state API's metadata: the keys of every state so far, the fraud score included
+    assert p.metadata == {"fraud_requested_at": p.history[1].timestamp,
+                          "fraud_score": Decimal("0.12"), "fraud_reason": "ok",
+                          "attempt": 1, "completion_timestamp": p.updated_at,
+                          "confirmation_id": "conf-9", "confirmed_attempt": 1}
     assert outcomes[-1].process_requests == () and outcomes[-1].notifications == ()
     assert outcomes[-1].timer is None
     check_payment(p, DEFAULT_POLICY)
@@ -1302,7 +1319,7 @@ def test_retryable_failure_waits_for_its_backoff_and_an_api_retry_skips_it() -> 
     assert (p.state, p.version, p.retry_count) == ("FAILED", 5, 0)
     assert [e.current_state for e in failed.events] == ["FAILED"]
     due = seconds(p.updated_at) + 1.0  # first retry: initial delay 1 s
-    assert p.metadata == {
+    assert p.history[-1].metadata == {
         "error_code": "TIMEOUT", "error_message": "processor timed out", "retry_count": 0,
         "retryable": True, "next_attempt_at": saga.format_timestamp(
             datetime.fromtimestamp(due, UTC)),
@@ -1378,7 +1395,7 @@ def test_retries_exhausted_compensates_and_notifies() -> None:
         ("FAILED", 14), ("COMPENSATED", 15),
     ]
     assert "next_attempt_at" not in last.events[0].metadata
-    assert p.metadata == {
+    assert p.history[-1].metadata == {
         "compensation_reason": "retries exhausted", "error_code": "processor_unavailable",
         "error_message": "Processor temporarily unavailable", "retry_count": 3,
         "customer_notified": True,
@@ -1669,10 +1686,11 @@ def test_refund_happy_path() -> None:
         ("COMPLETED", "REFUNDED", 6),
     ]
     # the refund's audit trail moves into the REFUNDED entry: who asked, when and why
-    assert r.metadata == {"refund_id": "ref-1", "refunded_at": now,
-                          "refund_requested_at": q.metadata["refund_requested_at"],
-                          "refund_requested_by": "ops-1", "refund_reason": "returned",
-                          "confirmed_refund_attempt": 1}
+    assert r.history[-1].metadata == {
+        "refund_id": "ref-1", "refunded_at": now,
+        "refund_requested_at": q.metadata["refund_requested_at"],
+        "refund_requested_by": "ops-1", "refund_reason": "returned",
+        "confirmed_refund_attempt": 1}
     assert (r.state, r.version, r.refund_pending) == ("REFUNDED", 6, False)
     assert confirmed.timer is None and confirmed.process_requests == ()
     assert confirmed.notifications == ()
