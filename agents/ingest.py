@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.outbound import outbound
 from agents.saga import apply_traced
-from orchestrator_app import clock, metrics
+from orchestrator_app import clock, metrics, telemetry
 from orchestrator_app.app import app, settings
 from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
@@ -94,12 +94,15 @@ async def _ingest(stream: Any) -> None:
         command = created_command(raw, message.key, position_of(message))
         if command is None:
             continue
+        if telemetry.enabled():  # the producer's trace, else one derived from the id
+            command.traceparent = telemetry.payment_traceparent(
+                command.payment_id, telemetry.traceparent_of(message.headers))
         if not copartitioned(command, message.key, message.partition):
             forward(command)
             continue
         await outbound.room()  # backpressure: the CREATE starts a fraud check
         try:
-            apply_traced(command)
+            apply_traced(command, message)
         except Exception as exc:  # a bug: dead-letter the event, keep the partition moving
             log.exception("saga failed on a CREATE")
             dead_letter_event("saga", event, exc)

@@ -25,13 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from agents.fraud import check_fraud
-from agents.processor import process_payment
-from orchestrator_app import clock, metrics
+from agents.processor import PROCESS_SUBJECT, REFUND_SUBJECT, process_payment
+from orchestrator_app import clock, metrics, telemetry
 from orchestrator_app.app import app, settings
-from orchestrator_app.domain.records import Command, FraudCheckRequest, ProcessRequest
+from orchestrator_app.domain.records import (
+    Command,
+    FraudCheckRequest,
+    Operation,
+    ProcessRequest,
+)
 from orchestrator_app.domain.replies import fraud_unavailable, process_failure
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands
@@ -45,6 +54,22 @@ CallKey = tuple[str, str, int]
 
 def _to_commands_topic(command: Command) -> None:
     commands.send_soon(key=command.payment_id, value=command)
+
+
+@contextmanager
+def _nats_span(subject: str, payment_id: str) -> Iterator[Span]:
+    """The span of one NATS request: a child of the ``saga.apply`` that started it (the
+    task copied its context), else — a call re-issued after a rebalance — of the payment's
+    derived trace."""
+    parent = None
+    if not trace.get_current_span().get_span_context().is_valid:
+        parent = telemetry.payment_parent(payment_id)
+    with tracer.start_as_current_span(f"nats {subject}", context=parent,
+                                      kind=SpanKind.CLIENT) as span:
+        span.set_attributes({
+            "payment.id": payment_id, "messaging.system": "nats",
+            "messaging.destination.name": subject, "messaging.operation": "request"})
+        yield span
 
 
 class _Lane:
@@ -108,10 +133,12 @@ class Outbound:
 
     async def _fraud(self, request: FraudCheckRequest) -> None:
         try:
-            with tracer.start_as_current_span("nats fraud.check") as span:
-                span.set_attribute("payment.id", request.payment_id)
+            if telemetry.enabled():
+                with _nats_span("fraud.check", request.payment_id) as span:
+                    command = await check_fraud(request)
+                    span.set_attribute("command.kind", command.kind)
+            else:
                 command = await check_fraud(request)
-                span.set_attribute("command.kind", command.kind)
         except asyncio.CancelledError:
             raise  # stopping: the next owner re-issues the call
         except Exception:  # a bug: the payment still moves on (to MANUAL_REVIEW)
@@ -123,11 +150,15 @@ class Outbound:
 
     async def _process(self, request: ProcessRequest) -> None:
         try:
-            with tracer.start_as_current_span(f"nats payment.{request.operation}") as span:
-                span.set_attribute("payment.id", request.payment_id)
-                span.set_attribute("payment.attempt", request.attempt)
+            if telemetry.enabled():
+                refund = request.operation == Operation.REFUND
+                subject = REFUND_SUBJECT if refund else PROCESS_SUBJECT
+                with _nats_span(subject, request.payment_id) as span:
+                    span.set_attribute("payment.attempt", request.attempt)
+                    command = await process_payment(request)
+                    span.set_attribute("result.success", bool(command.success))
+            else:
                 command = await process_payment(request)
-                span.set_attribute("result.success", bool(command.success))
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: a retryable failure, so the payment still moves on

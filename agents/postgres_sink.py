@@ -39,9 +39,10 @@ import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
+from opentelemetry.trace import SpanKind
 from prometheus_client.core import GaugeMetricFamily
 
-from orchestrator_app import clock, metrics, supervision
+from orchestrator_app import clock, metrics, supervision, telemetry
 from orchestrator_app.app import app, settings
 from orchestrator_app.clients.postgres import CONNECTION_ERRORS, PaymentStore, StateRow
 from orchestrator_app.deadletter import dead_letter, position_of
@@ -140,6 +141,31 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
             self.sink._done[tp] = self.sink._committed[tp] = committed or 0
 
 
+def _batch_span(records: Sequence[ConsumerRecord[bytes, bytes]]) -> Any:
+    """The span of one sink batch: linked to the trace of every payment in it (their
+    ``traceparent`` headers), and a child of that trace when the batch holds one only."""
+    traceparents = [telemetry.traceparent_of(r.headers) for r in records]
+    links = telemetry.links_of(traceparents)
+    parents = {tp.split("-")[1] for tp in traceparents if tp}
+    context = (telemetry.payment_parent("", next(t for t in traceparents if t))
+               if len(parents) == 1 else None)
+    span = telemetry.tracer.start_as_current_span(
+        "postgres.sink batch", context=context, links=links, kind=SpanKind.CONSUMER)
+    return _with_attributes(span, {
+        "messaging.system": "kafka", "messaging.operation": "process",
+        "messaging.destination.name": records[0].topic,
+        "messaging.batch.message_count": len(records),
+        "messaging.kafka.consumer.group": f"{settings.app_id}-sink",
+        "db.system": "postgresql"})
+
+
+@contextlib.contextmanager
+def _with_attributes(manager: Any, attributes: dict[str, Any]) -> Any:
+    with manager as span:
+        span.set_attributes(attributes)
+        yield span
+
+
 class PostgresSink(faust.Service):
     """The sink loop as a Faust service: started and stopped with the worker."""
 
@@ -230,7 +256,11 @@ class PostgresSink(faust.Service):
         firsts = {tp: rs[0].offset for tp, rs in batch.items()}
         nexts = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
         try:
-            written = await self._write(records, generation)
+            if telemetry.enabled():
+                with _batch_span(records):
+                    written = await self._write(records, generation)
+            else:
+                written = await self._write(records, generation)
         except BaseException:
             # Whatever failed (an unexpected error, a stop), the batch is read again: its
             # records were fetched, and without this the next batch's commit would pass them.

@@ -24,8 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.trace import SpanKind
+
 from agents.outbound import outbound
-from orchestrator_app import clock, metrics, pending
+from orchestrator_app import clock, metrics, pending, telemetry
 from orchestrator_app.app import app
 from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.records import Command
@@ -86,9 +88,10 @@ def handle_command(command: Command) -> Outcome:
         _store_timer(outcome)
     pending.resolve(command.command_id, outcome.status is not Status.REJECTED, outcome.reason)
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
+    headers = telemetry.header_list() if telemetry.enabled() else None
     for event in outcome.events:
         state_changed.send_soon(key=event.payment_id, value=event.dumps(),
-                                callback=acknowledged)
+                                callback=acknowledged, headers=headers)
     # NATS calls run as background tasks of this worker; outcomes come back to `deliver`.
     outbound.start_all(outcome.fraud_requests, outcome.process_requests)
     for note in outcome.notifications:
@@ -126,12 +129,32 @@ def command_of(event: Any) -> Command | None:
         return None
 
 
-def apply_traced(command: Command) -> Outcome:
-    with tracer.start_as_current_span("saga.apply") as span, payment_context(command.payment_id):
-        outcome = handle_command(command)
+def apply_traced(command: Command, message: Any = None) -> Outcome:
+    """`handle_command` in a ``saga.apply`` span of the payment's trace (tracing on), with
+    the messaging attributes of the record it came from (`message`, when one)."""
+    if not telemetry.enabled():  # off: no span, no context, one test
+        with payment_context(command.payment_id):
+            return handle_command(command)
+    before = live_rows.get(command.payment_id)
+    parent = telemetry.payment_parent(
+        command.payment_id, before.traceparent if before is not None else None,
+        command.traceparent)
+    with tracer.start_as_current_span("saga.apply", context=parent,
+                                      kind=SpanKind.CONSUMER) as span, \
+            payment_context(command.payment_id):
         span.set_attribute("payment.id", command.payment_id)
         span.set_attribute("command.kind", command.kind)
+        if message is not None:
+            span.set_attribute("messaging.system", "kafka")
+            span.set_attribute("messaging.operation", "process")
+            span.set_attribute("messaging.destination.name", message.topic)
+            span.set_attribute("messaging.kafka.destination.partition", message.partition)
+            span.set_attribute("messaging.kafka.message.offset", message.offset)
+            span.set_attribute("messaging.kafka.message.key", command.payment_id)
+        outcome = handle_command(command)
         span.set_attribute("command.status", outcome.status.value)
+        if outcome.payment is not None:
+            span.set_attribute("payment.state", outcome.payment.state)
     return outcome
 
 
@@ -169,7 +192,7 @@ async def _saga(stream: Any) -> None:
         if command is None:
             continue
         try:
-            apply_traced(command)
+            apply_traced(command, event.message)
         except Exception as exc:  # a bug: dead-letter the command, keep the partition moving
             log.exception("saga failed on a %s command", getattr(command, "kind", "?"))
             dead_letter_event("saga", event, exc)

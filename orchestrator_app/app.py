@@ -97,8 +97,9 @@ async def set_log_levels() -> None:
 
 @app.task
 async def start_tracing() -> None:
-    """Export traces when JAEGER_ENDPOINT is set (OTLP over HTTP)."""
-    if settings.jaeger_endpoint:
+    """Export traces when JAEGER_ENDPOINT (or OTEL_EXPORTER_OTLP_ENDPOINT) is set."""
+    if settings.trace_endpoint:
         from orchestrator_app.telemetry import setup_tracing
 
-        setup_tracing(settings.jaeger_endpoint)
+        setup_tracing(settings.trace_endpoint)
+

@@ -7,6 +7,7 @@ from typing import Any
 
 from faust.cli import AppCommand, option
 
+from orchestrator_app import telemetry
 from orchestrator_app.app import app, settings
 from orchestrator_app.schema import migrate as run_migrations
 from orchestrator_app.simulator import Rules, Simulator
@@ -37,6 +38,8 @@ async def simulate(
     self: AppCommand, hold_seconds: float, latency: float, failure_rate: float
 ) -> Any:
     """Run the reference fraud, processor and refund responders on NATS until stopped."""
+    if settings.trace_endpoint:
+        telemetry.setup_tracing(settings.trace_endpoint, service="payment-simulator")
     simulator = Simulator(settings.nats_url, Rules(hold_seconds, latency, failure_rate))
     await simulator.start()
     self.say(f"simulator answering fraud.check, payment.process, payment.refund "
@@ -45,3 +48,4 @@ async def simulate(
         await asyncio.Event().wait()
     finally:
         await simulator.stop()
+        telemetry.shutdown_tracing()

@@ -66,6 +66,8 @@ class Settings:
     redis_url: str = ""
     nats_url: str = ""
     jaeger_endpoint: str | None = None
+    #: The standard OpenTelemetry variable; used when JAEGER_ENDPOINT is unset.
+    otlp_endpoint: str | None = None
     port: int = 8082
     #: Address the web server binds to.
     web_bind: str = "0.0.0.0"
@@ -138,6 +140,11 @@ class Settings:
     def broker_url(self) -> str:
         """Faust's broker URL form: ``kafka://h1:p1;h2:p2``."""
         return "kafka://" + ";".join(self.kafka_brokers or ("localhost:9092",))
+
+    @property
+    def trace_endpoint(self) -> str | None:
+        """Where spans go: JAEGER_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; None: off."""
+        return self.jaeger_endpoint or self.otlp_endpoint
 
 
 # --- parsers: each takes the raw string and returns a value or raises ValueError ---------
@@ -298,6 +305,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_URL": ("redis_url", _url("redis", "rediss", add_scheme="redis")),
     "NATS_URL": ("nats_url", _nats_urls),
     "JAEGER_ENDPOINT": ("jaeger_endpoint", _url("http", "https")),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("otlp_endpoint", _url("http", "https")),
     "PORT": ("port", _port),
     "WEB_BIND": ("web_bind", str),
     "WEB_HOST": ("web_host", str),

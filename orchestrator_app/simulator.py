@@ -34,7 +34,9 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from opentelemetry.trace import Span, SpanKind
 
+from orchestrator_app import telemetry
 from orchestrator_app.domain import codec
 
 __all__ = ["Rules", "Simulator", "fraud_reply", "process_reply", "refund_reply"]
@@ -106,6 +108,19 @@ def refund_reply(request: dict[str, Any]) -> dict[str, Any]:
             "error_code": None, "error_message": None, "retryable": False}
 
 
+def _server_span(msg: Msg, payment_id: object, answers: bool) -> Span:
+    """The responder's span, continuing the trace of the request's ``traceparent`` header
+    (ended once the reply is sent)."""
+    span = telemetry.tracer.start_span(
+        f"simulate {msg.subject}", context=telemetry.context_of_headers(msg.headers),
+        kind=SpanKind.SERVER)
+    span.set_attributes({"messaging.system": "nats", "messaging.destination.name": msg.subject,
+                         "messaging.operation": "process", "simulator.answers": answers})
+    if isinstance(payment_id, str):
+        span.set_attribute("payment.id", payment_id)
+    return span
+
+
 class Simulator:
     """Subscribes the three responders (queue group: several simulators share the load)."""
 
@@ -134,23 +149,37 @@ class Simulator:
             # hang on a pending PONG at shutdown.
             await self.nc.close()
 
-    def _later(self, msg: Msg, reply: dict[str, Any] | None, delay: float) -> None:
+    def _later(self, msg: Msg, reply: dict[str, Any] | None, delay: float,
+               payment_id: object = None) -> None:
         """Answer without blocking the subscription (callbacks run one at a time)."""
+        span = _server_span(msg, payment_id, reply is not None) if telemetry.enabled() else None
         if reply is None:
+            if span is not None:
+                span.end()
             return
         if delay <= 0:
-            task = asyncio.ensure_future(self._respond(msg, reply))
+            task = asyncio.ensure_future(self._respond(msg, reply, span))
         else:
-            task = asyncio.ensure_future(self._respond_after(msg, reply, delay))
+            task = asyncio.ensure_future(self._respond_after(msg, reply, delay, span))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _respond_after(self, msg: Msg, reply: dict[str, Any], delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._respond(msg, reply)
+    async def _respond_after(self, msg: Msg, reply: dict[str, Any], delay: float,
+                             span: Span | None = None) -> None:
+        try:
+            await asyncio.sleep(delay)
+        except BaseException:
+            if span is not None:
+                span.end()
+            raise
+        await self._respond(msg, reply, span)
 
-    async def _respond(self, msg: Msg, reply: dict[str, Any]) -> None:
-        await msg.respond(codec.dumps(reply))
+    async def _respond(self, msg: Msg, reply: dict[str, Any], span: Span | None = None) -> None:
+        try:
+            await msg.respond(codec.dumps(reply))
+        finally:
+            if span is not None:
+                span.end()
         self.answered += 1
 
     @staticmethod
@@ -168,14 +197,16 @@ class Simulator:
         delay = self.rules.latency
         if str(request.get("customer_id", "")).startswith("slow-"):
             delay += self.rules.hold_seconds
-        self._later(msg, fraud_reply(request), delay)
+        self._later(msg, fraud_reply(request), delay, request.get("payment_id"))
 
     async def _on_process(self, msg: Msg) -> None:
         request = self._decode(msg)
         if request is not None:
-            self._later(msg, process_reply(request, self.rules), self.rules.latency)
+            self._later(msg, process_reply(request, self.rules), self.rules.latency,
+                        request.get("payment_id"))
 
     async def _on_refund(self, msg: Msg) -> None:
         request = self._decode(msg)
         if request is not None:
-            self._later(msg, refund_reply(request), self.rules.latency)
+            self._later(msg, refund_reply(request), self.rules.latency,
+                        request.get("payment_id"))

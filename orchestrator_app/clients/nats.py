@@ -17,6 +17,8 @@ from nats.errors import ConnectionClosedError, NoRespondersError, NoServersError
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 
+from orchestrator_app import telemetry
+
 __all__ = ["NatsClient", "RequestTimeout", "ServiceUnavailable"]
 
 log = logging.getLogger(__name__)
@@ -117,8 +119,12 @@ class NatsClient(faust.Service):
         if remaining <= 0:
             raise RequestTimeout(f"no reply on {subject} within {timeout}s")
         try:
+            # W3C trace context of the caller's span, when tracing is on (the responder
+            # continues the payment's trace).
+            headers = (telemetry.headers() or None) if telemetry.enabled() else None
             message = await asyncio.wait_for(
-                nc.request(subject, payload, timeout=remaining), remaining + 0.5)
+                nc.request(subject, payload, timeout=remaining, headers=headers),
+                remaining + 0.5)
         except NoRespondersError:
             raise ServiceUnavailable(f"no responder on {subject}") from None
         except (NatsTimeout, TimeoutError):

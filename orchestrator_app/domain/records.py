@@ -170,6 +170,8 @@ class Command(_Record):
     expected_version: int = 0
     #: API commands: who asked (the client's id, never the token).
     requested_by: str | None = None
+    #: A CREATE's W3C traceparent (the producer's, else derived from the payment id).
+    traceparent: str | None = None
 
 
 class ProcessRequest(_Record):
@@ -269,3 +271,5 @@ class Payment(_Record):
     circuit_waits: int = 0
     #: Circuit-breaker waits of the current refund request (same cap).
     refund_circuit_waits: int = 0
+    #: The payment's trace (W3C traceparent); None in rows stored before tracing.
+    traceparent: str | None = None

@@ -603,6 +603,7 @@ def _create(command: Command, now: str, policy: SagaPolicy) -> Outcome:
         metadata={},
         history=[entry],
         applied={},
+        traceparent=command.traceparent,
     )
     return _applied(1, _follow_automatic(payment, now, policy), command.command_id, policy)
 
