@@ -44,6 +44,7 @@ from orchestrator_app.domain.records import (
 from orchestrator_app.domain.replies import fraud_unavailable, process_failure
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import commands
+from tables.payments import live_rows
 
 __all__ = ["Outbound", "outbound"]
 
@@ -60,10 +61,11 @@ def _to_commands_topic(command: Command) -> None:
 def _nats_span(subject: str, payment_id: str) -> Iterator[Span]:
     """The span of one NATS request: a child of the ``saga.apply`` that started it (the
     task copied its context), else — a call re-issued after a rebalance — of the payment's
-    derived trace."""
+    stored trace."""
     parent = None
     if not trace.get_current_span().get_span_context().is_valid:
-        parent = telemetry.payment_parent(payment_id)
+        row = live_rows.get(payment_id)
+        parent = telemetry.payment_parent(payment_id, row.traceparent if row else None)
     with tracer.start_as_current_span(f"nats {subject}", context=parent,
                                       kind=SpanKind.CLIENT) as span:
         span.set_attributes({
