@@ -19,10 +19,10 @@ from agents.outbound import outbound
 from orchestrator_app import metrics
 from orchestrator_app.app import app
 from orchestrator_app.domain.records import Command, CommandKind, Timer
-from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for
+from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for, timer_of
 from orchestrator_app.topics import commands
 from tables.keyed import partition_of
-from tables.payments import live_rows, payments, pending_timers
+from tables.payments import live_rows, pending_timers
 from tables.timers import due_index
 
 __all__ = ["TICK_SECONDS", "fire_due_timers", "rebuild", "timer_command"]
@@ -62,7 +62,16 @@ def rebuild(owned: frozenset[int]) -> int:
     global _built_for, _built_at
     new = owned - _built_for
     started = time.monotonic()
-    pending = list(pending_timers(owned))
+    found = {timer.payment_id: timer for timer in pending_timers(owned)}
+    # The saga's newest rows may not be in the table yet (written once their effects are on
+    # the broker): theirs are the timers that count.
+    for row in live_rows.rows_in(owned):
+        latest = timer_of(row)
+        if latest is None:
+            found.pop(row.payment_id, None)
+        else:
+            found[row.payment_id] = latest
+    pending = list(found.values())
     due_index.rebuild(pending)
     _built_for, _built_at = owned, app.rebalancing_count
     log.info("due index rebuilt: %d pending timers on %d partitions in %.2f s",
@@ -70,7 +79,7 @@ def rebuild(owned: frozenset[int]) -> int:
     reissued = 0
     for timer in pending:
         if timer.kind in WAITING_FOR_ANSWER and partition_of(timer.payment_id) in new:
-            payment = payments.get(timer.payment_id)
+            payment = live_rows.get(timer.payment_id)
             if payment is not None:
                 fraud, process = requests_for(payment)
                 outbound.start_all(fraud, process)

@@ -62,6 +62,11 @@ class LiveRows:
         row = self._rows.get(payment_id)
         return row if row is not None else payments.get(payment_id)
 
+    def rows_in(self, partitions: Collection[int]) -> list[Payment]:
+        """The latest applied rows of `partitions` (some not yet in the table)."""
+        return [row for payment_id, row in self._rows.items()
+                if partition_of(payment_id) in partitions]
+
     def pending(self) -> int:
         """Payments with a version not yet written to the table."""
         return len(self._pending)

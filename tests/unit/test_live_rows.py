@@ -58,3 +58,14 @@ def test_bounded_but_never_losing_an_unwritten_row_and_cleared_at_revocation() -
     unwritten(None)
     rows.clear()
     assert len(rows) == 0 and rows.pending() == 0
+
+
+def test_the_latest_unwritten_rows_of_owned_partitions_are_listed_for_the_timer_rebuild() -> None:
+    from tables.keyed import partition_of
+
+    rows = LiveRows(write=lambda p: None)
+    unwritten = in_flight("r-1")
+    rows.applied(unwritten, effects=1)  # not in the table yet: the rebuild must see it
+    mine = partition_of("r-1")
+    assert rows.rows_in({mine}) == [unwritten]
+    assert rows.rows_in(set(range(64)) - {mine}) == []
