@@ -18,8 +18,8 @@ Each batch is one ``getmany`` and one transaction. Rules:
 * an event that does not decode goes to the same dead-letter topic.
 
 Nothing is committed before it is written or dead-lettered (dead letters are awaited).
-Offsets are committed at most every `COMMIT_INTERVAL` while busy (at once when idle, at a
-revocation and at stop): a commit per small batch cost the broker more CPU than the
+Offsets are committed at most every `COMMIT_INTERVAL` while busy (at once when idle, and
+at stop): a commit per small batch cost the broker more CPU than the
 records themselves, and a batch written again after a crash is harmless (idempotent).
 Fetches wait up to `FETCH_WAIT_MS` for `FETCH_MIN_BYTES`, so batches are fuller too.
 """
@@ -121,11 +121,10 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # No commit here: one from inside the rebalance callback once left the sink's
+        # group stuck after a member died. What was written but not committed is written
+        # again by the next owner (idempotent).
         self.generation += 1
-        consumer = self.sink.consumer
-        if consumer is not None:  # what was written is committed before it moves
-            with contextlib.suppress(KafkaError, OSError):
-                await self.sink.commit_written(consumer, set(revoked))
         for tp in revoked:
             self.sink._done.pop(tp, None)
             self.sink._committed.pop(tp, None)
