@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test`.
-# Both set up .venv themselves; the tests start every server they need (orchestrator_app/devstack.py).
+# Both set up .venv themselves; the tests start every server they need (orchestrator_app/dev/stack.py).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,7 +23,7 @@ venv: $(STAMP)
 ## demo payments; prints where to look. Ctrl-C stops everything it started.
 ## Options: make run RUN_ARGS="--rate 20 --payments 500 --duration 60"
 run: $(STAMP)
-	$(BIN)/python -m orchestrator_app.localrun $(RUN_ARGS)
+	$(BIN)/python -m orchestrator_app.dev.localrun $(RUN_ARGS)
 
 ## make test: the whole suite; starts Apache Kafka (unless KAFKA_BROKERS is set), PostgreSQL,
 ## Redis, NATS (unless DATABASE_URL / REDIS_URL / NATS_URL are set) and stops them afterwards.

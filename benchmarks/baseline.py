@@ -65,7 +65,7 @@ What it leaves out (on purpose: it is a yardstick, not a second product)
   * a crashed process leaves its locks until their TTL (fraud timeout + processor timeout
     + 5 s), so a restart waits that long for the payments it had in flight.
 
-Run (the servers from ``python -m orchestrator_app.devstack up --broker kafka``, a
+Run (the servers from ``python -m orchestrator_app.dev.stack up --broker kafka``, a
 simulator from ``payment-orchestrator simulate``)::
 
     KAFKA_BROKERS=… DATABASE_URL=… REDIS_URL=… NATS_URL=… TOPIC_PREFIX=run1. \\

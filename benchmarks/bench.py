@@ -4,7 +4,7 @@ measured from the outside, in one run. Prints figures and writes JSON; asserts n
     .venv/bin/python benchmarks/bench.py                           # 20,000 payments, 2 workers
     .venv/bin/python benchmarks/bench.py --payments 5000 --workers 1,2 --designs orchestrator
 
-Servers come from orchestrator_app.devstack (Apache Kafka unless --broker tansu; any of
+Servers come from orchestrator_app.dev.stack (Apache Kafka unless --broker tansu; any of
 KAFKA_BROKERS / DATABASE_URL / REDIS_URL / NATS_URL is used when set). Each design run gets
 its own topic prefix, APP_ID / consumer group, database ``bench_<hex>`` (created through the
 admin URL, dropped afterwards unless --keep-databases) and simulator process
@@ -65,11 +65,13 @@ for _p in (str(ROOT), str(HERE)):
 
 import ceiling  # noqa: E402
 
-from orchestrator_app.devstack import Stack, free_port, tail  # noqa: E402
+from orchestrator_app.dev.procs import free_port, stop_groups  # noqa: E402
+from orchestrator_app.dev.stack import Stack, tail  # noqa: E402
 from orchestrator_app.domain import codec  # noqa: E402
 from orchestrator_app.schema import migrate  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
+SIMULATOR = [sys.executable, "-m", "orchestrator_app.dev.simulator"]
 BASELINE = HERE / "baseline.py"
 TERMINAL = frozenset({"COMPLETED", "REJECTED", "MANUAL_REVIEW", "COMPENSATED", "REFUNDED"})
 STATE_RE = re.compile(rb'"current_state"\s*:\s*"([A-Z_]+)"')
@@ -201,18 +203,7 @@ class Children:
     def stop_all(self, timeout: float = 20.0) -> None:
         """SIGTERM each group, SIGKILL what outlives `timeout` (only while unreaped: only
         then is the pid surely still our group's id)."""
-        procs = [p for p in reversed(self.procs.values()) if p.poll() is None]
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_groups(list(reversed(self.procs.values())), timeout)
 
 
 def wait_http_ready(port: int, children: Children, timeout: float = 120.0) -> float:
@@ -668,7 +659,7 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
                 asyncio.run(create_topics(brokers, [f"{prefix}payment.created",
                                                     f"{prefix}payment.state.changed"],
                                           args.partitions))
-            children.spawn("simulator", [CLI, "simulate"], dict(renv, PYTHONUNBUFFERED="1"))
+            children.spawn("simulator", SIMULATOR, dict(renv, PYTHONUNBUFFERED="1"))
             if design == "orchestrator":
                 ports = []
                 for i in range(workers):

@@ -9,7 +9,7 @@ records would pass through the broker in that time). A benchmark: prints, assert
     .venv/bin/python benchmarks/ceiling.py --payments 20000 --records-per-payment 21
 
 bench.py runs it after the designs with the records/payment it measured. Uses
-KAFKA_BROKERS when set, else starts a broker with orchestrator_app.devstack.
+KAFKA_BROKERS when set, else starts a broker with orchestrator_app.dev.stack.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestrator_app.devstack import Stack  # noqa: E402
+from orchestrator_app.dev.stack import Stack  # noqa: E402
 
 __all__ = ["run_ceiling"]
 

@@ -10,7 +10,7 @@ starts a worker with an empty table (skip with --no-empty).
 
     .venv/bin/python benchmarks/memory.py [--payments 1000000] [--store rocksdb://]
 
-Servers as in bench.py (orchestrator_app.devstack, or the *_URL / KAFKA_BROKERS settings).
+Servers as in bench.py (orchestrator_app.dev.stack, or the *_URL / KAFKA_BROKERS settings).
 Every process started here is stopped at the end, on Ctrl-C and on SIGTERM.
 """
 
@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (puts the repository root on sys.path)
 from bench import (  # noqa: E402
     CLI,
+    SIMULATOR,
     Children,
     RunError,
     Watcher,
@@ -52,7 +53,9 @@ from bench import (  # noqa: E402
     wait_log_line,
 )
 
-from orchestrator_app.devstack import Stack, free_port  # noqa: E402
+from orchestrator_app.dev.procs import free_port  # noqa: E402
+from orchestrator_app.dev.simulator import Rules, fraud_reply, process_reply  # noqa: E402
+from orchestrator_app.dev.stack import Stack  # noqa: E402
 from orchestrator_app.domain import codec, replies, saga  # noqa: E402
 from orchestrator_app.domain.records import (  # noqa: E402
     Command,
@@ -60,7 +63,6 @@ from orchestrator_app.domain.records import (  # noqa: E402
     PaymentCreated,
     SourceRef,
 )
-from orchestrator_app.simulator import Rules, fraud_reply, process_reply  # noqa: E402
 
 MARKER = "MEMTEMPLATE0000000000"
 BUDGET_MB = 500
@@ -198,7 +200,7 @@ def main() -> None:
         try:
             base["DATABASE_URL"] = asyncio.run(create_database(admin_url, db_name))
             subprocess.run([CLI, "migrate"], env=base, check=True, capture_output=True)
-            children.spawn("simulator", [CLI, "simulate"], dict(base, PYTHONUNBUFFERED="1"))
+            children.spawn("simulator", SIMULATOR, dict(base, PYTHONUNBUFFERED="1"))
             wait_log_line(children, "simulator", "simulator answering", 60)
             if not args.no_empty:
                 empty = dict(base, APP_ID=f"mem-empty-{run_id}",

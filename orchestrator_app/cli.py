@@ -18,7 +18,6 @@ __all__ = ["main"]
 #: Servers each command needs; commands not listed need all of them.
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "migrate": ("DATABASE_URL",),
-    "simulate": ("NATS_URL",),
 }
 #: Commands that only print (help, version): nothing is required.
 _INFORMATIONAL = {"", "--help", "-h", "--version", "help"}

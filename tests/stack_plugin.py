@@ -1,4 +1,4 @@
-"""Pytest plugin: session fixtures backed by :class:`orchestrator_app.devstack.Stack`.
+"""Pytest plugin: session fixtures backed by :class:`orchestrator_app.dev.stack.Stack`.
 
 Loaded from tests/conftest.py with ``pytest_plugins = ["tests.stack_plugin"]``. Servers start
 lazily, one fixture per server, so a test that needs only Postgres never pays for Kafka's JVM;
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from orchestrator_app.devstack import Stack
+from orchestrator_app.dev.stack import Stack
 
 
 @pytest.fixture(scope="session")

@@ -20,26 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator_app.devstack import free_port
+from orchestrator_app.dev.procs import free_port, stop_group
 from orchestrator_app.schema import migrate
 
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
-
-
-def stop_group(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
-    """Signal the process group a child leads (start_new_session) and wait; SIGKILL the
-    group if it outlives `timeout`. Only while the child is unreaped is its pid surely
-    still our group's id, so an exited child is left alone."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+SIMULATOR = [sys.executable, "-m", "orchestrator_app.dev.simulator"]
 
 
 class WorkerProcess:
@@ -170,7 +155,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
 
 class SimulatorProcess:
-    """`payment-orchestrator simulate` as a child process (real NATS responders)."""
+    """`python -m orchestrator_app.dev.simulator` as a child process (real NATS responders)."""
 
     def __init__(self, nats_url: str, log_path: Path, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
@@ -179,7 +164,7 @@ class SimulatorProcess:
         self.log_path = log_path
         log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [CLI, "simulate", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [*SIMULATOR, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()

@@ -13,14 +13,13 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from orchestrator_app.devstack import find_exe, free_port, postgres_bindir, tail
-from tests.workers import stop_group
+from orchestrator_app.dev.procs import free_port, nats_answers, stop_group
+from orchestrator_app.dev.stack import find_exe, postgres_bindir, tail
 
 __all__ = ["PrivateNats", "PrivatePostgres"]
 
@@ -37,7 +36,7 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> flo
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster (fsync off) that can be stopped and started again.
 
-    Same approach as `orchestrator_app.devstack.Stack.postgres`: the machine's binaries (or
+    Same approach as `orchestrator_app.dev.stack.Stack.postgres`: the machine's binaries (or
     the pgserver wheel's), initdb as the `postgres` user when running as root (PostgreSQL
     refuses root), data under /tmp (traversable by that user), password auth over TCP.
     `stop()` is a fast shutdown (SIGINT), `start()` reuses the data dir and the port.
@@ -144,11 +143,7 @@ class PrivateNats:
         return self.proc is not None and self.proc.poll() is None
 
     def _ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                return s.recv(5) == b"INFO "
-        except OSError:
-            return False
+        return nats_answers("127.0.0.1", self.port, 0.5)
 
     def start(self, timeout: float = 30.0) -> float:
         assert not self.is_running(), "already running"

@@ -22,7 +22,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from orchestrator_app import simulator as sim_rules
+from orchestrator_app.dev import simulator as sim_rules
 from orchestrator_app.domain import codec
 from tests.faults import fuzzing as fz
 from tests.faults.servers import PrivateNats

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator_app.devstack import find_exe, free_port
+from orchestrator_app.dev.procs import free_port, stop_group
+from orchestrator_app.dev.stack import find_exe
 from tests.kafka_util import produce, read_until
 from tests.saga_util import created_event, get_state, metric, states, wait_for_states
-from tests.workers import SimulatorProcess, WorkerProcess, stop_group
+from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

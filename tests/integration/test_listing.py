@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 import asyncpg
 import pytest
 
-from orchestrator_app.devstack import free_port
+from orchestrator_app.dev.procs import free_port
 from orchestrator_app.domain import codec
 from orchestrator_app.web.listing import encode_cursor
 from tests.kafka_util import produce

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator_app.localrun import KINDS, MIX, OUTCOME, payment_id
+from orchestrator_app.dev.localrun import KINDS, MIX, OUTCOME, payment_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu]
 
@@ -94,7 +94,7 @@ def test_make_run_on_tansu_settles_demo_payments_and_stops_everything() -> None:
            if k not in DROPPED and not k.startswith(("TOPIC_", "KAFKA_"))}
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator_app.localrun", "--payments", str(PAYMENTS),
+        [sys.executable, "-m", "orchestrator_app.dev.localrun", "--payments", str(PAYMENTS),
          "--rate", "5"],
         cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -24,12 +24,13 @@ import asyncpg
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from orchestrator_app.devstack import Stack, postgres_bindir, tail
+from orchestrator_app.dev.procs import stop_group
+from orchestrator_app.dev.stack import Stack, postgres_bindir, tail
 from orchestrator_app.domain import codec
 from orchestrator_app.schema import migrate
 from tests.kafka_util import produce, read_until
 from tests.saga_util import await_states, metric, metric_samples
-from tests.workers import SimulatorProcess, WorkerProcess, stop_group
+from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator_app.devstack import free_port
+from orchestrator_app.dev.procs import free_port, stop_group
 from orchestrator_app.domain.records import Command
 from tests.debian_tools import debian_tool
 from tests.kafka_util import produce
 from tests.load_util import run_load, start_group
 from tests.saga_util import wait_for_states
-from tests.workers import SimulatorProcess, WorkerProcess, stop_group
+from tests.workers import SimulatorProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 

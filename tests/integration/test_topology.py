@@ -62,15 +62,16 @@ def test_app_has_every_agent_and_table(direct: str) -> None:
 ROOT = Path(__file__).resolve().parents[2]
 #: Package → packages it must never import (app, config, domain ← tables ← agents, web).
 FORBIDDEN = {
-    "orchestrator_app/web": ("agents",),
-    "agents": ("orchestrator_app.web",),
-    "tables": ("agents", "orchestrator_app.web"),
+    "orchestrator_app/web": ("agents", "orchestrator_app.dev"),
+    "agents": ("orchestrator_app.web", "orchestrator_app.dev"),
+    "tables": ("agents", "orchestrator_app.web", "orchestrator_app.dev"),
     "orchestrator_app/domain": ("agents", "tables", "orchestrator_app"),
 }
-#: The app level (every module of orchestrator_app outside web/) imports neither wing.
-APP_LEVEL_FORBIDDEN = ("agents", "orchestrator_app.web")
+#: The app level (every module of orchestrator_app outside web/ and dev/) imports neither
+#: wing, nor the dev tooling (the runtime image leaves orchestrator_app/dev out).
+APP_LEVEL_FORBIDDEN = ("agents", "orchestrator_app.web", "orchestrator_app.dev")
 #: Modules that sit at the top on purpose: they import every wing to assemble the worker.
-ASSEMBLERS = {"orchestrator_app/topology.py", "orchestrator_app/localrun.py"}
+ASSEMBLERS = {"orchestrator_app/topology.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -95,7 +96,7 @@ def _hits(path: Path, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_imports_flow_one_way() -> None:
-    """app, config, domain ← tables ← agents, web: no package imports a wing above it."""
+    """app, config, domain ← tables ← agents, web ← dev: no package imports one above it."""
     wrong: dict[str, list[str]] = {}
     for folder, forbidden in FORBIDDEN.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -103,7 +104,8 @@ def test_imports_flow_one_way() -> None:
                 wrong[str(path.relative_to(ROOT))] = hits
     for path in sorted((ROOT / "orchestrator_app").rglob("*.py")):
         rel = str(path.relative_to(ROOT))
-        if rel.startswith(("orchestrator_app/web/", "orchestrator_app/domain/")) \
+        if rel.startswith(("orchestrator_app/web/", "orchestrator_app/domain/",
+                           "orchestrator_app/dev/")) \
                 or rel in ASSEMBLERS:
             continue
         if hits := _hits(path, APP_LEVEL_FORBIDDEN):

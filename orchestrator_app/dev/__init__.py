@@ -1,0 +1,8 @@
+"""Dev tooling: the local server stack, ``make run``'s driver and the NATS simulator.
+
+Nothing in the service (``orchestrator_app`` outside this package, ``agents``, ``tables``)
+imports from here, and the runtime image leaves this package out (``.dockerignore``): it
+installs Debian packages, runs ``useradd`` and starts servers, which a worker never should.
+``tests/integration/test_topology.py`` keeps the first true, ``tests/unit/test_deploy_files.py``
+the second.
+"""
