@@ -27,10 +27,10 @@ from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated
 from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.supervision import dead_letter_event
-from orchestrator_app.topics import commands, payment_created, payment_created_dlq
+from orchestrator_app.topics import payment_created, payment_created_dlq, send_command
 from tables.keyed import partition_of
 
-__all__ = ["copartitioned", "created_command", "forward", "ingest", "reject", "to_command"]
+__all__ = ["copartitioned", "created_command", "ingest", "reject", "to_command"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ def copartitioned(command: Command, key: bytes | None, partition: int) -> bool:
             and partition == partition_of(command.payment_id))
 
 
-def forward(command: Command) -> None:
-    """The re-keying hop: the commands topic puts the payment on its own partition."""
-    commands.send_soon(key=command.payment_id, value=command)
-
-
 def reject(raw: bytes, key: bytes | None, source: SourceRef, code: str, detail: str,
            now: str) -> None:
     metrics.dead_letters.labels(reason=code).inc()
@@ -98,7 +93,7 @@ async def _ingest(stream: Any) -> None:
             command.traceparent = telemetry.payment_traceparent(
                 command.payment_id, telemetry.traceparent_of(message.headers))
         if not copartitioned(command, message.key, message.partition):
-            forward(command)
+            send_command(command)  # the re-keying hop: onto its payment's partition
             continue
         await outbound.room()  # backpressure: the CREATE starts a fraud check
         try:

@@ -43,7 +43,7 @@ from orchestrator_app.domain.records import (
 )
 from orchestrator_app.domain.replies import fraud_unavailable, process_failure
 from orchestrator_app.telemetry import tracer
-from orchestrator_app.topics import commands
+from orchestrator_app.topics import send_command
 from tables.payments import live_rows
 
 __all__ = ["Outbound", "outbound"]
@@ -51,10 +51,6 @@ __all__ = ["Outbound", "outbound"]
 log = logging.getLogger(__name__)
 
 CallKey = tuple[str, str, int]
-
-
-def _to_commands_topic(command: Command) -> None:
-    commands.send_soon(key=command.payment_id, value=command)
 
 
 @contextmanager
@@ -92,7 +88,7 @@ class Outbound:
         self.fraud = _Lane("fraud", fraud_limit)
         self.processor = _Lane("processor", processor_limit)
         #: Where outcomes go; `agents.saga` sets its own (apply here, else the topic).
-        self.deliver: Callable[[Command], None] = _to_commands_topic
+        self.deliver: Callable[[Command], None] = send_command
 
     def __len__(self) -> int:
         return len(self.fraud.inflight) + len(self.processor.inflight)

@@ -36,7 +36,13 @@ from orchestrator_app.logs import payment_context
 from orchestrator_app.policy import POLICY, saga_policy
 from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
-from orchestrator_app.topics import commands, notifications, payment_created_dlq, state_changed
+from orchestrator_app.topics import (
+    commands,
+    notifications,
+    payment_created_dlq,
+    send_command,
+    state_changed,
+)
 from tables.keyed import local_partition, writing_partition
 from tables.payments import live_rows
 from tables.timers import due_index
@@ -170,7 +176,7 @@ def deliver(command: Command) -> None:
     partition = local_partition(command.payment_id)
     if partition is None:  # rebalancing, recovering, or not ours: the Kafka path
         metrics.outcomes_delivered.labels(path="kafka").inc()
-        commands.send_soon(key=command.payment_id, value=command)
+        send_command(command)
         return
     try:
         with writing_partition(partition):
@@ -179,7 +185,7 @@ def deliver(command: Command) -> None:
     except Exception:  # a bug: the saga agent retries it, and dead-letters it if it fails
         log.exception("applying a %s outcome in place failed", command.kind)
         metrics.outcomes_delivered.labels(path="kafka").inc()
-        commands.send_soon(key=command.payment_id, value=command)
+        send_command(command)
 
 
 outbound.deliver = deliver

@@ -20,8 +20,8 @@ from orchestrator_app import metrics
 from orchestrator_app.app import app
 from orchestrator_app.domain.records import Command, CommandKind, Timer
 from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for, timer_of
-from orchestrator_app.topics import commands
-from tables.keyed import partition_of
+from orchestrator_app.topics import commands, send_command
+from tables.keyed import owned_partitions, partition_of
 from tables.payments import live_rows, pending_timers
 from tables.timers import due_index
 
@@ -43,13 +43,6 @@ _last_prune = 0.0
 #: The active partitions the due index was last built for, and after which rebalance.
 _built_for: frozenset[int] = frozenset()
 _built_at = -1
-
-
-def owned_partitions() -> frozenset[int]:
-    """Partitions of the commands topic (co-partitioned with the tables) this worker owns."""
-    topic = commands.get_topic_name()
-    return frozenset(tp.partition for tp in app.assignor.assigned_actives()
-                     if tp.topic == topic)
 
 
 def rebuild(owned: frozenset[int]) -> int:
@@ -125,7 +118,7 @@ def fire_due_timers(clock: float) -> int:
         sent_at = _sent.get(ident)
         if sent_at is not None and clock - sent_at < RESEND_AFTER:
             continue
-        commands.send_soon(key=timer.payment_id, value=timer_command(timer, now))
+        send_command(timer_command(timer, now))
         metrics.timers_fired.labels(kind=timer.kind).inc()
         _sent[ident] = clock
         fired += 1

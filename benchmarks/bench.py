@@ -8,7 +8,9 @@ Servers come from orchestrator_app.dev.stack (Apache Kafka unless --broker tansu
 KAFKA_BROKERS / DATABASE_URL / REDIS_URL / NATS_URL is used when set). Each design run gets
 its own topic prefix, APP_ID / consumer group, database ``bench_<hex>`` (created through the
 admin URL, dropped afterwards unless --keep-databases) and simulator process
-(``payment-orchestrator simulate``, answering at once), so runs never share state.
+(``python -m orchestrator_app.dev.simulator``, answering at once), so runs never share state.
+``--tracing off,on`` runs each orchestrator run twice, the second with every worker and the
+simulator exporting spans to a do-nothing OTLP receiver in this process: the cost of tracing.
 
 Per run, after a few warm-up payments:
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.server
 import json
 import math
 import os
@@ -627,12 +630,50 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
+class OtlpSink:
+    """A do-nothing OTLP/HTTP receiver: answers every export 200 and counts what it got.
+
+    With it the workers pay the whole cost of tracing (spans built, batched, encoded and
+    POSTed) and nothing else: the cost the bench's traced runs show.
+    """
+
+    def __init__(self) -> None:
+        sink = self
+        self.requests = self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.requests += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], design: str,
-               workers: int = 1, concurrency: int = 0) -> dict[str, Any]:
+               workers: int = 1, concurrency: int = 0,
+               otlp: OtlpSink | None = None) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     brokers, admin_url = env["KAFKA_BROKERS"], env["DATABASE_URL"]
     label = f"orchestrator W={workers}" if design == "orchestrator" else \
         f"baseline C={concurrency}"
+    if otlp is not None:
+        label += " traced"
+        env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url)
+        spans_before = (otlp.requests, otlp.bytes)
     say(f"== {label} (run {run_id}) ==")
     db_name = f"bench_{run_id}"
     db_url = asyncio.run(create_database(admin_url, db_name))
@@ -645,6 +686,7 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
     result: dict[str, Any] = {"design": design, "label": label, "run_id": run_id,
                               "workers": workers if design == "orchestrator" else None,
                               "concurrency": concurrency or None,
+                              "tracing": otlp is not None,
                               "logs": str(children.log_dir),
                               # others' processes share the cores: keep the load beside the figures
                               "load_average_at_start": os.getloadavg()}
@@ -695,6 +737,9 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
             result["database"] = asyncio.run(database_counts(db_url, run.produced))
             result["peak_rss_mb"] = {n: tree_mb(p.pid) for n, p in children.procs.items()}
         result["server_peak_pss_mb"] = dict(sampler.peaks)
+        if otlp is not None:
+            result["otlp_exports"] = {"requests": otlp.requests - spans_before[0],
+                                      "bytes": otlp.bytes - spans_before[1]}
         result["load_average_at_end"] = os.getloadavg()
     except RunError as e:
         say(f"  {label} failed: {e}")
@@ -772,6 +817,10 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
     row("  latency p50/p95/p99 ms", [_lat(r.get("rate")) for r in runs])
     row("  PostgreSQL complete s (lag)", [_db(r.get("rate")) for r in runs])
     row("  worker CPU ms/payment", [_g(r, "rate", "service_cpu_ms_per_payment") for r in runs])
+    if any(r.get("tracing") for r in runs):
+        row("OTLP exports (KB)", [
+            f"{r['otlp_exports']['requests']} ({r['otlp_exports']['bytes'] // 1024:,})"
+            if r.get("otlp_exports") else None for r in runs])
     row("records/payment (all topics)", [r.get("records_per_payment") for r in runs],
         ceil and ceil.get("records_per_payment"))
     row("ceiling records (bytes each)", [None for _ in runs],
@@ -818,7 +867,8 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
 
 
 def best(runs: list[dict[str, Any]], design: str) -> dict[str, Any] | None:
-    ok = [r for r in runs if r["design"] == design and _g(r, "peak", "payments_per_s")]
+    ok = [r for r in runs if r["design"] == design and not r.get("tracing")
+          and _g(r, "peak", "payments_per_s")]
     return max(ok, key=lambda r: r["peak"]["payments_per_s"]) if ok else None
 
 
@@ -890,6 +940,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="per phase, seconds")
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up a phase after this long without any state change")
+    parser.add_argument("--tracing", default="off",
+                        help="off, on, or off,on: orchestrator runs with spans exported to a "
+                             "do-nothing OTLP receiver (the cost of tracing)")
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--broker-warmup", type=int, default=200_000,
                         help="records pushed through the broker before the first run (its "
@@ -903,6 +956,9 @@ def main() -> None:
     unknown = set(designs) - {"orchestrator", "baseline"}
     if unknown:
         parser.error(f"unknown designs: {', '.join(sorted(unknown))}")
+    tracing = [t.strip() for t in args.tracing.split(",") if t.strip()]
+    if not tracing or set(tracing) - {"off", "on"}:
+        parser.error("--tracing takes off, on or off,on")
     results: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "args": dict(vars(args)), "cpus": os.cpu_count(), "code": code_version(),
@@ -929,8 +985,15 @@ def main() -> None:
         for design in designs:
             if design == "orchestrator":
                 for w in args.workers:
-                    runs.append(run_design(args, stack, env, design, workers=w))
-                    save()
+                    for mode in tracing:
+                        otlp = OtlpSink() if mode == "on" else None
+                        try:
+                            runs.append(run_design(args, stack, env, design, workers=w,
+                                                   otlp=otlp))
+                        finally:
+                            if otlp is not None:
+                                otlp.close()
+                        save()
             elif not BASELINE.exists():
                 say(f"== baseline: {BASELINE.relative_to(ROOT)} not found, skipped ==")
                 results["baseline_skipped"] = "benchmarks/baseline.py not found"

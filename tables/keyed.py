@@ -11,12 +11,17 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
-from faust.types import TP
 
 from orchestrator_app.app import app, settings
 from orchestrator_app.topics import commands
 
-__all__ = ["local_partition", "partition_of", "payment_keyed_table", "writing_partition"]
+__all__ = [
+    "local_partition",
+    "owned_partitions",
+    "partition_of",
+    "payment_keyed_table",
+    "writing_partition",
+]
 
 
 def partition_of(payment_id: str) -> int:
@@ -43,6 +48,29 @@ def payment_keyed_table(name: str, value_type: type, help: str) -> Any:
     return table
 
 
+#: (app.rebalancing_count, the commands partitions owned then): Faust's assigned_actives()
+#: builds a new set of every assigned partition per call, and the saga asks once per NATS
+#: outcome. The assignment changes only inside a rebalance (aiokafka revokes everything,
+#: which sets ``app.rebalancing`` and bumps the count, before a new assignment arrives), so
+#: a set computed outside one holds until the count moves.
+_owned_cache: tuple[int, frozenset[int]] = (-1, frozenset())
+
+
+def owned_partitions() -> frozenset[int]:
+    """Partitions of the commands topic (co-partitioned with the tables) this worker owns as
+    active — never a standby's."""
+    global _owned_cache
+    count = app.rebalancing_count
+    if _owned_cache[0] == count and not app.rebalancing:
+        return _owned_cache[1]
+    topic = commands.get_topic_name()
+    owned = frozenset(tp.partition for tp in app.assignor.assigned_actives()
+                      if tp.topic == topic)
+    if not app.rebalancing:
+        _owned_cache = (count, owned)
+    return owned
+
+
 def local_partition(payment_id: str) -> int | None:
     """The payment's partition if this worker may write its rows right now, else None.
 
@@ -53,9 +81,7 @@ def local_partition(payment_id: str) -> int | None:
     if app.rebalancing or not app.tables.recovery.completed.is_set():
         return None
     partition = partition_of(payment_id)
-    if TP(commands.get_topic_name(), partition) not in app.assignor.assigned_actives():
-        return None
-    return partition
+    return partition if partition in owned_partitions() else None
 
 
 @dataclass(frozen=True)

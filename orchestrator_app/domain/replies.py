@@ -13,7 +13,7 @@ taken from a reply (``reason``, ``error_code``, ``error_message``, ``confirmatio
 carriage return (and unpaired surrogates, which UTF-8 cannot encode) replaced by U+FFFD.
 The reply's decision is a fact (the processor charged, the fraud service approved) and must
 not be lost over a stray byte in its text. (The command API, whose caller can fix and resend
-its request, refuses such text with 400 instead: `command_api.parse_body`.)
+its request, refuses such text with 400 instead: `orchestrator_app.web.commands.parse_body`.)
 
 Results have one command id per attempt *and outcome* (`result_command_id`): a success and
 a failure of the same attempt (two copies of one request, redelivered after a rebalance)
