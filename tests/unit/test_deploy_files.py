@@ -222,8 +222,16 @@ def test_prometheus_finds_every_worker_by_dns(services: dict[str, dict[str, Any]
     assert sd["names"] == [WORKER] and sd["type"] == "A"
     assert str(sd["port"]) == env_of(services[WORKER])["PORT"] == "8082"
     assert {"target_label": "service", "replacement": "orchestrator"} in job["relabel_configs"]
-    volumes = services["prometheus"]["volumes"]
-    assert any(str(v).startswith(f"{DOCKER / 'prometheus'}:/etc/prometheus") for v in volumes)
+    mounts = [bind_mount(v) for v in services["prometheus"]["volumes"]]
+    assert (str(DOCKER / "prometheus"), "/etc/prometheus") in mounts, mounts
+
+
+def bind_mount(volume: str | dict[str, Any]) -> tuple[str, str]:
+    """(source, target) of a volume entry: `config` of compose v1 writes them short, v2 long."""
+    if isinstance(volume, dict):
+        return str(volume.get("source")), str(volume.get("target"))
+    source, target = volume.split(":")[:2]
+    return source, target
 
 
 def test_grafana_shows_the_prometheus_alerts(services: dict[str, dict[str, Any]]) -> None:
@@ -286,6 +294,10 @@ def test_dockerfile_stages_and_pinned_base() -> None:
         if base in stages:
             continue
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base), f"{name}: {base}"
+    # The tools stage copies dev/ into the virtualenv of that Python (3.11).
+    copy = last(stages["tools"], "COPY").split()
+    assert copy == ["orchestrator_app/dev",
+                    "/opt/venv/lib/python3.11/site-packages/orchestrator_app/dev"], copy
 
 
 def test_runtime_stage_user_entrypoint_and_data_dir() -> None:
