@@ -485,15 +485,15 @@ class Stack:
         """
         if user is None:
             return Path(tempfile.mkdtemp(prefix="pg-", dir=self.run_dir))
-        stack_root = REPO_ROOT / ".stack"
-        for p in (self.run_dir, *self.run_dir.parents):
+        stack_root, run_dir = REPO_ROOT / ".stack", self.run_dir.resolve()
+        for p in (run_dir, *run_dir.parents):
             if p != stack_root and stack_root not in p.parents:
                 break
             mode = p.stat().st_mode
             if not mode & stat.S_IXOTH:
                 p.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
         u = pwd.getpwnam(user)
-        if _traversable(self.run_dir, u.pw_uid, u.pw_gid):
+        if _traversable(run_dir, u.pw_uid, u.pw_gid):
             return Path(tempfile.mkdtemp(prefix="pg-", dir=self.run_dir))
         base = Path(tempfile.mkdtemp(prefix="devstack-pg-"))
         self.log(f"devstack: user {user} cannot reach {self.run_dir}; PostgreSQL's data dir "
