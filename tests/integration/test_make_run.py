@@ -7,23 +7,18 @@ a Redis or NATS already answering on its default port may be reused, which is fi
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import queue
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from orchestrator_app.dev.localrun import KINDS, MIX, OUTCOME, payment_id
+from tests.localrun_util import Output, group_gone, payment_state, stop_runner
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu]
 
@@ -31,62 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PAYMENTS = 10  # MIX[:10]: at least one of each kind, so every path of the saga is taken
 DROPPED = ("KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL", "NATS_URL", "PORT", "DATA_DIR",
            "APP_ID", "WEB_BIND", "WEB_HOST")
-
-
-class Output:
-    """The runner's stdout, read by a thread so the pipe never fills."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        for line in self.lines:
-            if m := re.search(pattern, line):
-                return m
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            print(f"  | {line}", flush=True)
-            self.lines.append(line)
-            if m := re.search(pattern, line):
-                return m
-        raise AssertionError(f"no line matching {pattern!r} in the runner's output:\n"
-                             + "\n".join(self.lines[-40:]))
-
-    def drain(self, timeout: float = 5.0) -> str:
-        with contextlib.suppress(AssertionError):
-            self.wait_for(r"(?!)", timeout)  # matches nothing: read until EOF
-        return "\n".join(self.lines)
-
-
-def _state(port: int, pid: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/payments/{pid}/state",
-                                    timeout=2) as response:
-            return str(json.loads(response.read())["current_state"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_make_run_on_tansu_settles_demo_payments_and_stops_everything() -> None:
@@ -120,7 +59,7 @@ def test_make_run_on_tansu_settles_demo_payments_and_stops_everything() -> None:
         seen: dict[str, str | None] = {}
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            seen = {pid: _state(port, pid) for pid in expected}
+            seen = {pid: payment_state(port, pid) for pid in expected}
             if seen == expected:
                 break
             assert proc.poll() is None, out.drain()
@@ -132,16 +71,7 @@ def test_make_run_on_tansu_settles_demo_payments_and_stops_everything() -> None:
         output = out.drain()
         assert "Traceback" not in output, output
         assert "run: stopped" in output, output
-        left = [p for p in pids if not _gone(p)]
+        left = [p for p in pids if not group_gone(p)]
         assert not left, f"still running after Ctrl-C: {left}"
     finally:
-        if proc.poll() is None:  # the test failed: let the runner clean up, else force it
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                for pgid in pids:  # only process groups this runner reported starting
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pgid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_runner(proc, pids)
