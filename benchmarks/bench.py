@@ -972,6 +972,7 @@ def main() -> None:
         env = dict(os.environ)
         env.update(KAFKA_BROKERS=stack.broker(args.broker), DATABASE_URL=stack.postgres(),
                    REDIS_URL=stack.redis(), NATS_URL=stack.nats())
+        env.update(stack.env())  # and replication 1 for a one-broker Kafka
         results["broker"] = args.broker if not os.environ.get("KAFKA_BROKERS") else "given"
         say(f"bench: {args.payments} payments, broker {results['broker']}, store {args.store},"
             f" {os.cpu_count()} cpus; logs under {stack.run_dir}")

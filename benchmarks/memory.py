@@ -189,6 +189,7 @@ def main() -> None:
         env = dict(os.environ)
         env.update(KAFKA_BROKERS=stack.broker(args.broker), DATABASE_URL=stack.postgres(),
                    REDIS_URL=stack.redis(), NATS_URL=stack.nats())
+        env.update(stack.env())  # and replication 1 for a one-broker Kafka
         brokers, admin_url = env["KAFKA_BROKERS"], env["DATABASE_URL"]
         run_id = uuid.uuid4().hex[:8]
         db_name = f"bench_mem_{run_id}"

@@ -36,7 +36,9 @@ app = faust.App(
     # Small linger and big batches: the producer batches the sends we do not await.
     producer_linger=settings.producer_linger,
     producer_max_batch_size=256 * 1024,
-    producer_acks=-1,
+    # acks=all by default: with min.insync.replicas (set on every topic we create) a send
+    # is acknowledged only once enough replicas hold it (PRODUCER_ACKS).
+    producer_acks=settings.producer_acks,
     web_bind=settings.web_bind,
     web_port=settings.port,
     web_host=settings.web_host or socket.gethostname(),

@@ -47,11 +47,15 @@ def _prepare_topics(settings: Settings) -> None:
     """Every topic must exist before the consumer subscribes (see kafka_admin)."""
     import asyncio
 
-    from orchestrator_app.kafka_admin import ensure_topics, partition_count
+    from orchestrator_app.kafka_admin import TooFewBrokers, ensure_topics, partition_count
 
     try:
-        asyncio.run(ensure_topics(settings))
+        asyncio.run(ensure_topics(
+            settings, warn=lambda line: _say(settings, logging.WARNING, line)))
         created = asyncio.run(partition_count(settings, settings.topics.payment_created))
+    except TooFewBrokers as exc:  # a setting that does not fit the cluster: like a bad one
+        _say(settings, logging.CRITICAL, str(exc))
+        sys.exit(2)
     except TimeoutError as exc:
         _say(settings, logging.CRITICAL, str(exc))
         sys.exit(1)

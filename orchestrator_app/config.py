@@ -77,7 +77,18 @@ class Settings:
     data_dir: str = "data"
     table_store: str = "rocksdb://"
     topic_partitions: int = 4
-    topic_replication_factor: int = 1
+    #: Replicas of every topic the worker creates (changelogs included). 3 with
+    #: min.insync 2 and acks=all: a record the producer saw acknowledged survives the loss
+    #: of any one broker, and the cluster keeps taking writes while one is down. A
+    #: one-broker dev cluster needs 1 and 1 (the dev stack sets them).
+    topic_replication_factor: int = 3
+    #: ``min.insync.replicas`` set on every topic the worker creates: with acks=all a write
+    #: succeeds only once this many replicas have it (else the broker refuses it).
+    topic_min_insync_replicas: int = 2
+    #: Producer acknowledgements, Faust's form: -1 (``all``: every in-sync replica), 1 (the
+    #: leader only), 0 (none). Anything but ``all`` can lose acknowledged records when a
+    #: leader dies, whatever the replication factor.
+    producer_acks: int = -1
     topics: Topics = field(default_factory=Topics)
     fraud_timeout: float = 5.0
     processor_timeout: float = 10.0
@@ -140,6 +151,11 @@ class Settings:
     def broker_url(self) -> str:
         """Faust's broker URL form: ``kafka://h1:p1;h2:p2``."""
         return "kafka://" + ";".join(self.kafka_brokers or ("localhost:9092",))
+
+    @property
+    def topic_config(self) -> dict[str, str]:
+        """Topic-level configs of every topic the worker creates (changelogs included)."""
+        return {"min.insync.replicas": str(self.topic_min_insync_replicas)}
 
     @property
     def trace_endpoint(self) -> str | None:
@@ -278,6 +294,15 @@ def _topic_name(raw: str) -> str:
     return raw
 
 
+def _acks(raw: str) -> int:
+    value = raw.strip().lower()
+    if value in {"all", "-1"}:
+        return -1
+    if value in {"0", "1"}:
+        return int(value)
+    raise ValueError("must be all, 1 or 0")
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -314,6 +339,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TABLE_STORE": ("table_store", _store),
     "TOPIC_PARTITIONS": ("topic_partitions", _positive_int),
     "TOPIC_REPLICATION_FACTOR": ("topic_replication_factor", _positive_int),
+    "TOPIC_MIN_INSYNC_REPLICAS": ("topic_min_insync_replicas", _positive_int),
+    "PRODUCER_ACKS": ("producer_acks", _acks),
     "FRAUD_CHECK_TIMEOUT_SECONDS": ("fraud_timeout", _positive_seconds),
     "PROCESSOR_TIMEOUT_SECONDS": ("processor_timeout", _positive_seconds),
     "REFUND_TIMEOUT_SECONDS": ("refund_timeout", _positive_seconds),
@@ -400,6 +427,12 @@ _USERINFO = re.compile(r"[^/@,]+@")
 
 
 def _check_consistency(s: Settings) -> None:
+    if s.topic_min_insync_replicas > s.topic_replication_factor:
+        raise ConfigError(
+            "TOPIC_MIN_INSYNC_REPLICAS",
+            f"must not exceed TOPIC_REPLICATION_FACTOR (got {s.topic_min_insync_replicas} > "
+            f"{s.topic_replication_factor}): no write could ever be acknowledged",
+        )
     if s.retry_initial_delay > s.retry_max_delay:
         raise ConfigError(
             "RETRY_INITIAL_DELAY_SECONDS", "must not exceed RETRY_MAX_DELAY_SECONDS"

@@ -12,13 +12,22 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from orchestrator_app.config import Settings
 
-__all__ = ["changelog_topics", "ensure_topics", "partition_count"]
+__all__ = [
+    "TooFewBrokers",
+    "changelog_topics",
+    "check_brokers",
+    "ensure_topics",
+    "leader_topic",
+    "partition_count",
+    "wanted_topics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +35,56 @@ log = logging.getLogger(__name__)
 TABLES = ("payments",)
 
 
+class TooFewBrokers(Exception):
+    """The cluster has fewer live brokers than TOPIC_REPLICATION_FACTOR and topics are
+    missing: they cannot be created (a misconfiguration, or a cluster too small)."""
+
+
 def changelog_topics(settings: Settings) -> list[str]:
     return [f"{settings.app_id}-{table}-changelog" for table in TABLES]
 
 
-async def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
-    """Create the missing topics; return those created. Raises TimeoutError."""
-    wanted = {name: {} for name in settings.topics.all()}
-    wanted.update({name: {"cleanup.policy": "compact"} for name in changelog_topics(settings)})
+def leader_topic(settings: Settings) -> str:
+    """Faust's group-leader topic (one partition, nothing written to it). Created here so
+    that it gets our replication factor and ``min.insync.replicas`` like every other."""
+    return f"{settings.app_id}-__assignor-__leader"
+
+
+def wanted_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Every topic the worker needs: name -> (partitions, topic configs)."""
+    base = settings.topic_config
+    wanted = {name: (settings.topic_partitions, dict(base)) for name in settings.topics.all()}
+    wanted.update({name: (settings.topic_partitions, {**base, "cleanup.policy": "compact"})
+                   for name in changelog_topics(settings)})
+    wanted[leader_topic(settings)] = (1, dict(base))
+    return wanted
+
+
+def check_brokers(settings: Settings, live: int, missing: list[str]) -> str | None:
+    """Raise `TooFewBrokers` when missing topics cannot get their replicas; return a warning
+    when the topics exist but fewer brokers than their replicas are up (a broker down, a
+    rolling restart: the worker starts, and writes need TOPIC_MIN_INSYNC_REPLICAS up)."""
+    rf, isr = settings.topic_replication_factor, settings.topic_min_insync_replicas
+    if live >= rf:
+        return None
+    if missing:
+        raise TooFewBrokers(
+            f"Kafka has {live} live broker{'s' if live != 1 else ''}, fewer than "
+            f"TOPIC_REPLICATION_FACTOR={rf}: cannot create {len(missing)} topics; set "
+            f"TOPIC_REPLICATION_FACTOR and TOPIC_MIN_INSYNC_REPLICAS to at most {live} "
+            "(1 and 1 for a one-broker dev cluster) or start more brokers")
+    if live < isr:
+        return (f"Kafka has {live} live brokers, fewer than TOPIC_MIN_INSYNC_REPLICAS={isr}: "
+                "writes are refused until brokers return")
+    return (f"Kafka has {live} live brokers, fewer than TOPIC_REPLICATION_FACTOR={rf}: "
+            "topics run under-replicated until the others return")
+
+
+async def ensure_topics(settings: Settings, timeout: float = 60.0,
+                        warn: Callable[[str], None] | None = None) -> list[str]:
+    """Create the missing topics; return those created. Raises TimeoutError, TooFewBrokers.
+    `warn` gets a line when fewer brokers than the replication factor are up."""
+    wanted = wanted_topics(settings)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=list(settings.kafka_brokers), request_timeout_ms=10_000
     )
@@ -49,12 +100,17 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
+        live = len((await admin.describe_cluster()).get("brokers") or [])
+        warning = check_brokers(settings, live, missing)
+        if warning:
+            (warn or log.warning)(warning)
         for name in missing:
+            partitions, configs = wanted[name]
             with contextlib.suppress(TopicAlreadyExistsError):  # another replica was quicker
                 await admin.create_topics([NewTopic(
-                    name, num_partitions=settings.topic_partitions,
+                    name, num_partitions=partitions,
                     replication_factor=settings.topic_replication_factor,
-                    topic_configs=wanted[name],
+                    topic_configs=configs,
                 )])
         while True:
             existing = set(await admin.list_topics())

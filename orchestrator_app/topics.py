@@ -57,6 +57,8 @@ def _topic(name: str, **options: Any) -> faust.TopicT:
         internal=True,
         partitions=settings.topic_partitions,
         replicas=settings.topic_replication_factor,
+        # kafka_admin creates the topics first; this only matters if Faust ever does.
+        config=settings.topic_config,
         **options,
     )
 

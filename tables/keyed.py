@@ -41,7 +41,7 @@ def payment_keyed_table(name: str, value_type: type, help: str) -> Any:
     """
     table = app.Table(
         name, key_type=str, value_type=value_type, partitions=settings.topic_partitions,
-        help=help,
+        help=help, extra_topic_configs=settings.topic_config,
     )
     table.key_serializer = "raw"
     table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")

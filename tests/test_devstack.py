@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import nats
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from orchestrator_app.dev.stack import Stack, kafka_broker_ids
 
 # Also loaded by tests/conftest.py; listing it here keeps this file runnable on its own
 # (pytest skips a plugin that is already registered).
@@ -47,6 +50,21 @@ async def test_kafka_produce_consume(kafka_brokers: str, topic_prefix: str) -> N
 
 async def test_tansu_produce_consume(tansu_brokers: str, topic_prefix: str) -> None:
     await _produce_consume(tansu_brokers, f"{topic_prefix}devstack.tansu")
+
+
+def test_one_broker_gets_replication_factor_one(stack: Stack, kafka_brokers: str,
+                                                tansu_brokers: str) -> None:
+    """The worker defaults (3 replicas, 2 in sync) are for a cluster; the dev stack's one
+    broker (either kind, or a KAFKA_BROKERS answering with one broker) gets 1 and 1."""
+    given = bool(os.environ.get("KAFKA_BROKERS"))  # may be a cluster: only Tansu is ours
+    for brokers in (tansu_brokers,) if given else (kafka_brokers, tansu_brokers):
+        host, port = brokers.split(",")[0].rsplit(":", 1)
+        assert kafka_broker_ids(host, int(port)) == {1} or \
+            len(kafka_broker_ids(host, int(port)) or ()) == 1
+    env = stack.env()
+    assert env["KAFKA_BROKERS"] in (kafka_brokers, tansu_brokers)
+    if not given and not os.environ.get("TOPIC_REPLICATION_FACTOR"):
+        assert env["TOPIC_REPLICATION_FACTOR"] == env["TOPIC_MIN_INSYNC_REPLICAS"] == "1"
 
 
 async def test_postgres_select(test_database_url: str) -> None:

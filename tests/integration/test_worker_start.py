@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.kafka_util import produce, read_until
-from tests.workers import WorkerProcess
+from tests.workers import CLI, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +68,24 @@ async def test_worker_starts_and_consumes_on_tansu(
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
     await _start_and_consume(tansu_brokers, worker_env, spawn_worker, "tansu")
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_replication_factor_above_the_live_brokers_exits_2(
+    kafka_brokers: str, worker_env: Callable[..., dict[str, str]], log_format: str,
+) -> None:
+    """The production defaults (3 replicas, 2 in sync) against the one-broker dev Kafka:
+    the worker cannot create its topics, and says so in one line, with exit code 2."""
+    env = worker_env(kafka_brokers, TOPIC_REPLICATION_FACTOR="3",
+                     TOPIC_MIN_INSYNC_REPLICAS="2", LOG_FORMAT=log_format,
+                     PORT="1", DATA_DIR="/nonexistent")
+    result = subprocess.run([CLI, "worker"], env=env, capture_output=True, text=True,
+                            timeout=90)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    line = json.loads(lines[0])["message"] if log_format == "json" else lines[0]
+    assert "1 live broker" in line and "TOPIC_REPLICATION_FACTOR=3" in line, line
+    assert result.stdout == ""
+    print(f"\n{lines[0]}")

@@ -59,6 +59,10 @@ def test_defaults() -> None:
     assert s.broker_session_timeout == 6.0 and s.broker_heartbeat_interval == 1.0
     assert s.log_level == "INFO"
     assert s.log_format == "json"
+    # Safe for a 3-broker cluster: any one broker may die without losing an acked write.
+    assert (s.topic_replication_factor, s.topic_min_insync_replicas) == (3, 2)
+    assert s.producer_acks == -1
+    assert s.topic_config == {"min.insync.replicas": "2"}
 
 
 def test_values_are_read() -> None:
@@ -179,6 +183,11 @@ def test_required_are_the_spec_servers() -> None:
         ("BROKER_HEARTBEAT_INTERVAL_SECONDS", "5"),  # more than a third of 6 s
         ("TOPIC_PREFIX", "bad prefix"),
         ("TOPIC_COMMANDS", "bad/topic"),
+        ("TOPIC_REPLICATION_FACTOR", "0"),
+        ("TOPIC_MIN_INSYNC_REPLICAS", "0"),
+        ("TOPIC_MIN_INSYNC_REPLICAS", "4"),  # more than TOPIC_REPLICATION_FACTOR (3)
+        ("PRODUCER_ACKS", "2"),
+        ("PRODUCER_ACKS", "none"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, raw: str) -> None:
@@ -297,3 +306,24 @@ def test_passwords_never_appear_in_errors_of_other_urls(variable: str, raw: str)
     err = error_for({**BASE, variable: raw})
     assert err.variable == variable
     assert "s3cr3t-pa55" not in str(err)
+
+
+# --- replication ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "acks"), [("all", -1), ("ALL", -1), ("-1", -1), ("1", 1),
+                                           ("0", 0)])
+def test_producer_acks(raw: str, acks: int) -> None:
+    assert load(PRODUCER_ACKS=raw).producer_acks == acks
+
+
+def test_one_broker_dev_settings() -> None:
+    s = load(TOPIC_REPLICATION_FACTOR="1", TOPIC_MIN_INSYNC_REPLICAS="1")
+    assert (s.topic_replication_factor, s.topic_min_insync_replicas) == (1, 1)
+    assert s.topic_config == {"min.insync.replicas": "1"}
+
+
+def test_min_insync_above_the_replication_factor_is_refused() -> None:
+    err = error_for({**BASE, "TOPIC_REPLICATION_FACTOR": "1"})  # min.insync stays 2
+    assert err.variable == "TOPIC_MIN_INSYNC_REPLICAS"
+    assert "TOPIC_REPLICATION_FACTOR" in err.problem
