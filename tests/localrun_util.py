@@ -1,5 +1,6 @@
 """Helpers for the tests that run ``python -m orchestrator_app.dev.localrun`` (``make run``):
-read its output without filling the pipe, ask a payment's state, tell a process group gone."""
+read its output without filling the pipe, ask a payment's state, wait for states, stop it
+with Ctrl-C and check that every process group is gone."""
 
 from __future__ import annotations
 
@@ -70,6 +71,32 @@ def group_gone(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def wait_for_states(proc: subprocess.Popen[str], out: Output, port: int,
+                    expected: dict[str, str], timeout: float) -> None:
+    """Poll the state API until every payment is in its expected state (the runner alive)."""
+    seen: dict[str, str | None] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = {pid: payment_state(port, pid) for pid in expected}
+        if seen == expected:
+            return
+        assert proc.poll() is None, out.drain()
+        time.sleep(0.5)
+    assert seen == expected, f"states {seen}, expected {expected}"
+
+
+def interrupt_and_check_stopped(proc: subprocess.Popen[str], out: Output, pids: list[int],
+                                timeout: float) -> None:
+    """Ctrl-C the runner: it exits 0, cleanly, and every process group it reported is gone."""
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=timeout) == 0, out.drain()
+    output = out.drain()
+    assert "Traceback" not in output, output
+    assert "run: stopped" in output, output
+    left = [p for p in pids if not group_gone(p)]
+    assert not left, f"still running after Ctrl-C: {left}"
 
 
 def stop_runner(proc: subprocess.Popen[str], pids: list[int]) -> None:

@@ -8,17 +8,20 @@ a Redis or NATS already answering on its default port may be reused, which is fi
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from orchestrator_app.dev.localrun import KINDS, MIX, OUTCOME, payment_id
-from tests.localrun_util import Output, group_gone, payment_state, stop_runner
+from tests.localrun_util import (
+    Output,
+    interrupt_and_check_stopped,
+    stop_runner,
+    wait_for_states,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu]
 
@@ -56,22 +59,7 @@ def test_make_run_on_tansu_settles_demo_payments_and_stops_everything() -> None:
         assert set(MIX[:PAYMENTS]) == set(KINDS)
         assert sum(s == "COMPLETED" for s in expected.values()) >= 3
 
-        seen: dict[str, str | None] = {}
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            seen = {pid: payment_state(port, pid) for pid in expected}
-            if seen == expected:
-                break
-            assert proc.poll() is None, out.drain()
-            time.sleep(0.5)
-        assert seen == expected, f"states {seen}, expected {expected}"
-
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=90) == 0, out.drain()
-        output = out.drain()
-        assert "Traceback" not in output, output
-        assert "run: stopped" in output, output
-        left = [p for p in pids if not group_gone(p)]
-        assert not left, f"still running after Ctrl-C: {left}"
+        wait_for_states(proc, out, port, expected, 90)
+        interrupt_and_check_stopped(proc, out, pids, 90)
     finally:
         stop_runner(proc, pids)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator_app.dev.localrun import MIX, OUTCOME, payment_id
-from tests.localrun_util import Output, group_gone, payment_state, stop_runner
+from tests.localrun_util import (
+    Output,
+    interrupt_and_check_stopped,
+    stop_runner,
+    wait_for_states,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.tansu]
 
@@ -104,23 +108,8 @@ def test_make_run_with_servers_from_wheels_only() -> None:
         assert (run_dir / "worker-data").is_dir()
         expected = {payment_id(tag, n): OUTCOME[MIX[n - 1]] for n in range(1, PAYMENTS + 1)}
         assert "COMPLETED" in expected.values()
-        seen: dict[str, str | None] = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            seen = {pid: payment_state(port, pid) for pid in expected}
-            if seen == expected:
-                break
-            assert proc.poll() is None, out.drain()
-            time.sleep(0.5)
-        assert seen == expected, f"states {seen}, expected {expected}"
-
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=60) == 0, out.drain()
-        output = out.drain()
-        assert "Traceback" not in output, output
-        assert "run: stopped" in output, output
-        left = [p for p in pids if not group_gone(p)]
-        assert not left, f"still running after Ctrl-C: {left}"
+        wait_for_states(proc, out, port, expected, 60)
+        interrupt_and_check_stopped(proc, out, pids, 60)
         # Data dirs deleted, logs kept.
         assert not pg_base.exists() and not (run_dir / "worker-data").exists()
         logs = {p.name for p in run_dir.iterdir()}
