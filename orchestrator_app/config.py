@@ -133,6 +133,10 @@ class Settings:
     ingest_direct: bool = True
     #: Table standby replicas: a survivor takes over a partition with warm state.
     table_standby_replicas: int = 1
+    #: RocksDB block cache of each table partition's database, in MiB. Faust's default is
+    #: 2 GiB per database: a worker that read its whole table once (the timer rebuild after
+    #: a rebalance did) grew by the table's size.
+    rocksdb_block_cache_mb: int = 32
     #: Processor circuit-breaker waits per payment before it is compensated.
     max_circuit_waits: int = 10
     #: Command API requests per client per minute.
@@ -365,6 +369,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "API_AUTH_FAILURES_PER_MINUTE": ("api_auth_failure_limit", _positive_int),
     "API_RATE_LIMIT_PER_MINUTE": ("api_rate_limit", _positive_int),
     "TABLE_STANDBY_REPLICAS": ("table_standby_replicas", _non_negative_int),
+    "ROCKSDB_BLOCK_CACHE_MB": ("rocksdb_block_cache_mb", _positive_int),
     "INGEST_DIRECT": ("ingest_direct", _bool),
     "MAX_CIRCUIT_WAITS": ("max_circuit_waits", _positive_int),
     "IDEMPOTENCY_TTL_SECONDS": ("idempotency_ttl", _positive_int),
