@@ -63,7 +63,7 @@ def created_command(raw: bytes, key: bytes | None, source: SourceRef) -> Command
                f"{exc.__class__.__name__}: {str(exc)[:300]}", now)
         return None
     finally:
-        metrics.messages_processed.labels(topic="payment.created").inc()
+        metrics.child(metrics.messages_processed, "payment.created").inc()
 
 
 def copartitioned(command: Command, key: bytes | None, partition: int) -> bool:

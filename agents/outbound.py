@@ -120,11 +120,12 @@ class Outbound:
             return
         task = asyncio.ensure_future(call())
         lane.inflight[key] = task
-        metrics.outbound_inflight.labels(kind=lane.name).set(len(lane.inflight))
+        gauge = metrics.child(metrics.outbound_inflight, lane.name)
+        gauge.set(len(lane.inflight))
 
         def done(_: asyncio.Task[None]) -> None:
             lane.inflight.pop(key, None)
-            metrics.outbound_inflight.labels(kind=lane.name).set(len(lane.inflight))
+            gauge.set(len(lane.inflight))
             lane.freed.set()
 
         task.add_done_callback(done)

@@ -66,11 +66,10 @@ def handle_command(command: Command) -> Outcome:
         acknowledged = live_rows.applied(
             outcome.payment, len(outcome.events) + len(outcome.notifications))
         for event in outcome.events:
-            metrics.transitions.labels(
-                from_state=event.previous_state or "", to_state=event.current_state
-            ).inc()
+            metrics.child(metrics.transitions, event.previous_state or "",
+                          event.current_state).inc()
             if event.current_state == "RETRY":
-                metrics.retries.labels(state="FAILED").inc()
+                metrics.child(metrics.retries, "FAILED").inc()
     elif outcome.status is Status.DUPLICATE:
         metrics.duplicates_ignored.inc()
     elif outcome.status is Status.CONFLICT:
@@ -103,11 +102,11 @@ def handle_command(command: Command) -> Outcome:
     for note in outcome.notifications:
         notifications.send_soon(key=note.payment_id, value=note.dumps(),
                                 callback=acknowledged)
-        metrics.notifications_sent.labels(audience=note.audience, event=note.event).inc()
+        metrics.child(metrics.notifications_sent, note.audience, note.event).inc()
 
-    metrics.command_latency.labels(
-        state=outcome.payment.state if outcome.payment else "NONE"
-    ).observe(time.perf_counter() - started)
+    metrics.child(metrics.command_latency,
+                  outcome.payment.state if outcome.payment else "NONE"
+                  ).observe(time.perf_counter() - started)
     return outcome
 
 
@@ -181,7 +180,7 @@ def deliver(command: Command) -> None:
     try:
         with writing_partition(partition):
             apply_traced(command)
-        metrics.outcomes_delivered.labels(path="local").inc()
+        metrics.child(metrics.outcomes_delivered, "local").inc()
     except Exception:  # a bug: the saga agent retries it, and dead-letters it if it fails
         log.exception("applying a %s outcome in place failed", command.kind)
         metrics.outcomes_delivered.labels(path="kafka").inc()
@@ -203,7 +202,7 @@ async def _saga(stream: Any) -> None:
             log.exception("saga failed on a %s command", getattr(command, "kind", "?"))
             dead_letter_event("saga", event, exc)
             pending.resolve(getattr(command, "command_id", ""), False, "internal error")
-        metrics.messages_processed.labels(topic="orchestrator-commands").inc()
+        metrics.child(metrics.messages_processed, "orchestrator-commands").inc()
 
 
 saga = app.agent(commands, name="agents.saga.saga")(_saga)

@@ -14,6 +14,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from orchestrator_app.config import get_settings
 from orchestrator_app.logs import logging_config
+from orchestrator_app.partitioning import partitioner
 from orchestrator_app.supervision import guard_producer, on_agent_error
 
 __all__ = ["app", "settings"]
@@ -39,6 +40,7 @@ app = faust.App(
     # acks=all by default: with min.insync.replicas (set on every topic we create) a send
     # is acknowledged only once enough replicas hold it (PRODUCER_ACKS).
     producer_acks=settings.producer_acks,
+    producer_partitioner=partitioner,
     web_bind=settings.web_bind,
     web_port=settings.port,
     web_host=settings.web_host or socket.gethostname(),

@@ -114,6 +114,11 @@ class Settings:
     #: requests cost the broker far less CPU per record (DESIGN §7); every send that
     #: must be durable before a commit is flushed anyway, so this adds latency only.
     producer_linger: float = 0.005
+    #: How long a payment row whose effects are on the broker may wait before it is
+    #: written (store and changelog): versions of a payment released within it are written
+    #: once, as the newest (a payment's 3 versions usually become 1). Flushes (commits,
+    #: revocations) write what waits at once.
+    row_write_delay: float = 0.1
     #: How long a fetch may wait at the broker for new records (ms). Faust hard-codes
     #: 1500: a partition that had buffered records when a fetch was sent waits for that
     #: fetch to return, so with standby changelogs in the same consumer, payments waited
@@ -361,6 +366,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PROCESSOR_CONCURRENCY": ("processor_concurrency", _positive_int),
     "SINK_BATCH_SIZE": ("sink_batch_size", _positive_int),
     "PRODUCER_LINGER_MS": ("producer_linger", _milliseconds),
+    "ROW_WRITE_DELAY_MS": ("row_write_delay", _milliseconds),
     "CONSUMER_FETCH_MAX_WAIT_MS": ("consumer_fetch_max_wait_ms", _fetch_wait),
     "PRODUCER_BUFFER_MAX": ("producer_buffer_max", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),

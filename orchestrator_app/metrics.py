@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = [
@@ -11,6 +14,7 @@ __all__ = [
     "api_requests",
     "breaker_state",
     "calls_reissued",
+    "child",
     "command_latency",
     "dead_letters",
     "duplicates_ignored",
@@ -36,6 +40,14 @@ __all__ = [
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+@cache
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per label set: ``labels()`` validates,
+    locks and builds a tuple on every call (~2 % of a busy worker, py-spy). Label values
+    here are states, kinds and topics: a bounded set."""
+    return metric.labels(*values)
 
 messages_processed = Counter(
     "kafka_messages_processed",

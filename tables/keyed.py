@@ -9,10 +9,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
 from orchestrator_app.app import app, settings
+from orchestrator_app.partitioning import key_hash
 from orchestrator_app.topics import commands
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
 def partition_of(payment_id: str) -> int:
     """Kafka's default partitioner on the raw key: the partition of a payment's commands,
     table rows and events (every topic has ``TOPIC_PARTITIONS`` partitions)."""
-    return (murmur2(payment_id.encode()) & 0x7FFFFFFF) % settings.topic_partitions
+    return key_hash(payment_id.encode()) % settings.topic_partitions
 
 
 def payment_keyed_table(name: str, value_type: type, help: str) -> Any:

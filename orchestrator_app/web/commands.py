@@ -45,7 +45,7 @@ from orchestrator_app.web.routing import (
     recovering,
     unavailable,
 )
-from tables.payments import payments
+from tables.payments import live_rows
 
 __all__ = [
     "ACTIONS",
@@ -233,7 +233,7 @@ def _reply(view: web.View, status: int, payload: dict[str, Any],
 async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client: str,
                    key: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Check against the live state and send; returns (status, body, headers)."""
-    payment = payments.get(payment_id)
+    payment = live_rows.get(payment_id)  # what the saga will apply the command to
     if payment is None and recovering():  # a rebalance began meanwhile: not a fact
         return 503, {"error": "unavailable", "message": "partitions are moving; retry"}, {
             "Retry-After": "1"}
@@ -264,7 +264,7 @@ async def _execute(payment_id: str, action: str, body: Mapping[str, Any], client
         verdict.cancel()
         applied, reason = True, ""  # queued; the saga will apply or refuse it
     if not applied:
-        current = payments.get(payment_id)
+        current = live_rows.get(payment_id)
         return 409, {"error": "invalid_transition", "message": reason,
                      "payment_id": payment_id,
                      "current_state": current.state if current else payment.state}, {}

@@ -25,7 +25,7 @@ from orchestrator_app.web.listing import (
     single_values,
 )
 from orchestrator_app.web.routing import api_error, error, json_response, routed
-from tables.payments import payments
+from tables.payments import live_rows
 
 __all__ = ["list_payments", "payment_state", "prometheus_metrics", "state_view"]
 
@@ -56,7 +56,7 @@ async def payment_state(
     self: web.View, request: web.Request, payment_id: str
 ) -> web.Response:
     async def local() -> web.Response:
-        payment = payments.get(payment_id)
+        payment = live_rows.get(payment_id)  # the saga's newest, written or not
         if payment is None:
             return error(self, 404, "not_found", f"no payment with id {payment_id!r}",
                          payment_id=payment_id)

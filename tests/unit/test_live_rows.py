@@ -69,3 +69,50 @@ def test_the_latest_unwritten_rows_of_owned_partitions_are_listed_for_the_timer_
     mine = partition_of("r-1")
     assert rows.rows_in({mine}) == [unwritten]
     assert rows.rows_in(set(range(64)) - {mine}) == []
+
+
+def test_released_versions_wait_for_the_delay_and_only_the_newest_is_written() -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        written: list[tuple[str, int]] = []
+        rows = LiveRows(write=lambda p: written.append((p.payment_id, p.version)), delay=0.05)
+        rows.applied(in_flight("d", 2), effects=1)(None)
+        rows.applied(in_flight("d", 3), effects=0)
+        done = with_id(completed(), "d")
+        rows.applied(done, effects=1)(None)
+        assert written == [] and rows.released() == 1  # three versions, one waiting row
+        assert rows.get("d") is done  # read at once all the same
+        await asyncio.sleep(0.12)
+        assert written == [("d", done.version)] and rows.released() == 0
+        assert len(rows) == 0  # finished and written: the table has it
+
+        rows.applied(in_flight("e", 2), effects=0)
+        rows.write_released()  # the flush does not wait for the delay
+        assert written[-1] == ("e", 2) and rows.released() == 0
+        rows.applied(in_flight("f", 2), effects=0)
+        rows.clear()  # revoked: the next owner writes it
+        await asyncio.sleep(0.08)
+        assert written[-1] == ("e", 2) and rows.released() == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_unwritten_released_row_is_never_evicted() -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        rows = LiveRows(limit=1, write=lambda p: None, delay=60)
+        for pid in "abc":
+            rows.applied(in_flight(pid), effects=0)
+        rows.write_released()
+        assert len(rows) == 1  # written rows beyond the bound are read back from the table
+        waiting = in_flight("w")
+        rows.applied(waiting, effects=0)  # released, waiting for the delay
+        unacknowledged = in_flight("x")
+        rows.applied(unacknowledged, effects=1)
+        rows._evict()
+        assert rows.get("w") is waiting and rows.get("x") is unacknowledged
+        rows.clear()
+
+    asyncio.run(scenario())
