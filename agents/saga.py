@@ -174,7 +174,7 @@ def deliver(command: Command) -> None:
     """
     partition = local_partition(command.payment_id)
     if partition is None:  # rebalancing, recovering, or not ours: the Kafka path
-        metrics.outcomes_delivered.labels(path="kafka").inc()
+        metrics.child(metrics.outcomes_delivered, "kafka").inc()
         send_command(command)
         return
     try:
@@ -183,7 +183,7 @@ def deliver(command: Command) -> None:
         metrics.child(metrics.outcomes_delivered, "local").inc()
     except Exception:  # a bug: the saga agent retries it, and dead-letters it if it fails
         log.exception("applying a %s outcome in place failed", command.kind)
-        metrics.outcomes_delivered.labels(path="kafka").inc()
+        metrics.child(metrics.outcomes_delivered, "kafka").inc()
         send_command(command)
 
 

@@ -113,10 +113,8 @@ class Settings:
     #: How long the producer waits to fill a batch (seconds). Fewer, fuller produce
     #: requests cost the broker far less CPU per record (DESIGN §7); every send that
     #: must be durable before a commit is flushed anyway, so this adds latency only.
-    #: How long the producer waits to fill a batch. 20 ms, not 5: every produce request
-    #: costs the broker and the worker more than its records do; measured (bench.py, one
-    #: worker): 5 -> 20 ms gave +25-47 % payments/s and half the broker's CPU per payment;
-    #: 50 ms gained nothing more and tripled the p99 at half peak.
+    #: Measured (bench.py, one worker): 5 -> 20 ms gave +25-47 % payments/s and half the
+    #: broker's CPU per payment; 50 ms gained nothing more and tripled the p99 at half peak.
     producer_linger: float = 0.020
     #: How long a payment row whose effects are on the broker may wait before it is
     #: written (store and changelog): versions of a payment released within it are written

@@ -125,11 +125,14 @@ class LiveRows:
         """Payments with a released row not yet written."""
         return len(self._released)
 
-    def write_released(self) -> None:
-        """Write every released row now (the flush calls this, and the delay's timer)."""
+    def _unschedule(self) -> None:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
+
+    def write_released(self) -> None:
+        """Write every released row now (the flush calls this, and the delay's timer)."""
+        self._unschedule()
         released, self._released = self._released, {}
         for payment_id, row in released.items():
             self._write(row)
@@ -145,9 +148,7 @@ class LiveRows:
                 del self._rows[payment_id]  # written: safe to read back
 
     def clear(self) -> None:
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
+        self._unschedule()
         self._rows.clear()
         self._pending.clear()
         self._released.clear()

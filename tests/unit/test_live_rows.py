@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from orchestrator_app.domain.records import Payment
 from tables.payments import LiveRows
 
@@ -72,8 +74,6 @@ def test_the_latest_unwritten_rows_of_owned_partitions_are_listed_for_the_timer_
 
 
 def test_released_versions_wait_for_the_delay_and_only_the_newest_is_written() -> None:
-    import asyncio
-
     async def scenario() -> None:
         written: list[tuple[str, int]] = []
         rows = LiveRows(write=lambda p: written.append((p.payment_id, p.version)), delay=0.05)
@@ -99,8 +99,6 @@ def test_released_versions_wait_for_the_delay_and_only_the_newest_is_written() -
 
 
 def test_an_unwritten_released_row_is_never_evicted() -> None:
-    import asyncio
-
     async def scenario() -> None:
         rows = LiveRows(limit=1, write=lambda p: None, delay=60)
         for pid in "abc":
