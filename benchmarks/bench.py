@@ -601,8 +601,8 @@ class Run:
                 f"{peak['elapsed_s']}s = {peak['payments_per_s']}/s; p50 {peak['p50_ms']} ms "
                 f"p99 {peak['p99_ms']} ms; PostgreSQL complete at {peak['db_complete_s']}s")
             say(f"    stages p50/p99 ms: {_stages(peak)}")
-            if self.args.rate_seconds > 0 and peak["payments_per_s"]:
-                rate = peak["payments_per_s"] * self.args.rate_fraction
+            if self.args.rate_seconds > 0 and (self.args.rate or peak["payments_per_s"]):
+                rate = self.args.rate or peak["payments_per_s"] * self.args.rate_fraction
                 n = max(1, round(rate * self.args.rate_seconds))
                 fixed = await self.phase(producer, "r", n, rate)
                 result["rate"] = fixed
@@ -936,6 +936,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=20, help="payments before measuring")
     parser.add_argument("--rate-fraction", type=float, default=0.5)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="fixed-rate phase at this many payments/s instead of "
+                             "--rate-fraction of the peak (compares tails at equal load)")
     parser.add_argument("--rate-seconds", type=float, default=15.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="per phase, seconds")
     parser.add_argument("--stall", type=float, default=60.0,
