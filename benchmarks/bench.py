@@ -27,6 +27,13 @@ Per run, after a few warm-up payments:
 
 "Terminal" is the first COMPLETED / REJECTED / MANUAL_REVIEW / COMPENSATED / REFUNDED event
 of a payment on ``<prefix>payment.state.changed``, read with a plain aiokafka consumer.
+``--designs …,baseline-go`` adds the same baseline written in Go (benchmarks/baseline_go/: the
+same design, contracts, settings and output, on franz-go, pgx, go-redis and nats.go): the
+yardstick a team would write instead of the orchestrator. It is built once per bench run
+(``go build`` into the run directory; skipped, with the reason, when ``go`` is missing or the
+build fails) and run exactly like baseline.py (same environment, same
+``--baseline-concurrency`` list, its own topic prefix, group and database); the ratio line is
+then printed against the best Go baseline too.
 The ceiling (benchmarks/ceiling.py) then pushes payments x records-per-payment records
 through the broker with raw aiokafka. Every process started here is stopped by process group
 at the end, on Ctrl-C and on SIGTERM.
@@ -42,6 +49,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +84,7 @@ from orchestrator_app.schema import migrate  # noqa: E402
 CLI = str(Path(sys.executable).parent / "payment-orchestrator")
 SIMULATOR = [sys.executable, "-m", "orchestrator_app.dev.simulator"]
 BASELINE = HERE / "baseline.py"
+BASELINE_GO = HERE / "baseline_go"
 TERMINAL = frozenset({"COMPLETED", "REJECTED", "MANUAL_REVIEW", "COMPENSATED", "REFUNDED"})
 STATE_RE = re.compile(rb'"current_state"\s*:\s*"([A-Z_]+)"')
 PID_RE = re.compile(rb'"payment_id"\s*:\s*"([^"]+)"')
@@ -663,13 +672,30 @@ class OtlpSink:
         self.server.server_close()
 
 
+def build_baseline_go(run_dir: Path) -> tuple[Path | None, str]:
+    """``go build`` the Go baseline into the run directory, once: (binary, how long it took)
+    or (None, why it is skipped)."""
+    go = shutil.which("go")
+    if go is None:
+        return None, "go not found"
+    if not (BASELINE_GO / "go.mod").exists():
+        return None, f"{BASELINE_GO.relative_to(ROOT)}/go.mod not found"
+    binary, t0 = run_dir / "baseline-go", time.monotonic()
+    # the module is benchmarks/baseline_go (no go.mod at the root): build from inside it
+    r = subprocess.run([go, "build", "-o", str(binary), "."], cwd=BASELINE_GO,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, "go build failed: " + " | ".join(r.stderr.strip().splitlines()[-3:])
+    return binary, f"{time.monotonic() - t0:.1f}s"
+
+
 def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], design: str,
-               workers: int = 1, concurrency: int = 0,
-               otlp: OtlpSink | None = None) -> dict[str, Any]:
+               workers: int = 1, concurrency: int = 0, otlp: OtlpSink | None = None,
+               baseline_go: Path | None = None) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     brokers, admin_url = env["KAFKA_BROKERS"], env["DATABASE_URL"]
     label = f"orchestrator W={workers}" if design == "orchestrator" else \
-        f"baseline C={concurrency}"
+        f"{design} C={concurrency}"
     if otlp is not None:
         label += " traced"
         env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url)
@@ -718,7 +744,9 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
                     for port in ports:
                         wait_http_ready(port, children)
             else:
-                children.spawn("baseline", [sys.executable, str(BASELINE)],
+                argv = [str(baseline_go)] if design == "baseline-go" else \
+                    [sys.executable, str(BASELINE)]
+                children.spawn("baseline", argv,
                                dict(renv, BASELINE_CONCURRENCY=str(concurrency),
                                     BASELINE_GROUP=f"bench-baseline-{run_id}",
                                     PYTHONUNBUFFERED="1"))
@@ -872,8 +900,9 @@ def best(runs: list[dict[str, Any]], design: str) -> dict[str, Any] | None:
     return max(ok, key=lambda r: r["peak"]["payments_per_s"]) if ok else None
 
 
-def ratios(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    o, b = best(runs, "orchestrator"), best(runs, "baseline")
+def ratios(runs: list[dict[str, Any]], baseline: str = "baseline") -> dict[str, Any] | None:
+    """The best orchestrator run over the best run of `baseline` (baseline, baseline-go)."""
+    o, b = best(runs, "orchestrator"), best(runs, baseline)
     if not (o and b):
         return None
     out = {"orchestrator": o["label"], "baseline": b["label"],
@@ -956,7 +985,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results.json")
     args = parser.parse_args()
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-    unknown = set(designs) - {"orchestrator", "baseline"}
+    unknown = set(designs) - {"orchestrator", "baseline", "baseline-go"}
     if unknown:
         parser.error(f"unknown designs: {', '.join(sorted(unknown))}")
     tracing = [t.strip() for t in args.tracing.split(",") if t.strip()]
@@ -998,6 +1027,18 @@ def main() -> None:
                             if otlp is not None:
                                 otlp.close()
                         save()
+            elif design == "baseline-go":
+                binary, how = build_baseline_go(stack.run_dir)
+                if binary is None:
+                    say(f"== baseline-go: skipped: {how} ==")
+                    results["baseline_go_skipped"] = how
+                    continue
+                say(f"baseline-go: go build {BASELINE_GO.relative_to(ROOT)} in {how}")
+                results["baseline_go_build"] = how
+                for c in args.baseline_concurrency:
+                    runs.append(run_design(args, stack, env, design, concurrency=c,
+                                           baseline_go=binary))
+                    save()
             elif not BASELINE.exists():
                 say(f"== baseline: {BASELINE.relative_to(ROOT)} not found, skipped ==")
                 results["baseline_skipped"] = "benchmarks/baseline.py not found"
@@ -1017,16 +1058,20 @@ def main() -> None:
             say(ceiling.describe(ceil))
             results["ceiling"] = ceil
         results["ratio_orchestrator_over_baseline"] = ratios(runs)
+        results["ratio_orchestrator_over_baseline_go"] = ratios(runs, "baseline-go")
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         save()
     print()
     print(report(runs, ceil))
-    if results["ratio_orchestrator_over_baseline"]:
-        r = results["ratio_orchestrator_over_baseline"]
-        print(f"\norchestrator/baseline ({r['orchestrator']} vs {r['baseline']}): "
-              f"peak throughput x{r['peak_throughput']}"
-              + (f", CPU per payment x{r['cpu_per_payment']}" if "cpu_per_payment" in r else "")
-              + (f", fixed-rate p99 x{r['fixed_rate_p99']}" if "fixed_rate_p99" in r else ""))
+    for key, name in (("ratio_orchestrator_over_baseline", "baseline"),
+                      ("ratio_orchestrator_over_baseline_go", "baseline-go")):
+        if r := results[key]:
+            print(f"\norchestrator/{name} ({r['orchestrator']} vs {r['baseline']}): "
+                  f"peak throughput x{r['peak_throughput']}"
+                  + (f", CPU per payment x{r['cpu_per_payment']}" if "cpu_per_payment" in r
+                     else "")
+                  + (f", fixed-rate p99 x{r['fixed_rate_p99']}" if "fixed_rate_p99" in r
+                     else ""))
     print(f"\nresults: {args.out}")
 
 
