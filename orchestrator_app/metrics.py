@@ -150,6 +150,12 @@ outbound_inflight = Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+stalled_partitions_recovered = Counter(
+    "payment_stalled_partitions_recovered",
+    "Stream partitions read again from their committed offset because fetched records were "
+    "never handed to a stream (agents/unstick.py).",
+    registry=REGISTRY,
+)
 outcomes_delivered = Counter(
     "payment_nats_outcomes_delivered",
     "NATS call outcomes applied in place (local) or sent on the commands topic (kafka: the "

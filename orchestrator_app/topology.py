@@ -40,6 +40,7 @@ MODULES = (
     "agents.saga",
     "agents.ingest",
     "agents.timers",
+    "agents.unstick",
     "agents.postgres_sink",
     "orchestrator_app.web.health",
     "orchestrator_app.web.views",
