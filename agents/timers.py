@@ -21,7 +21,7 @@ from orchestrator_app.app import app
 from orchestrator_app.domain.records import Command, CommandKind, Timer
 from orchestrator_app.domain.saga import TimerKind, format_timestamp, requests_for, timer_of
 from orchestrator_app.topics import commands, send_command
-from tables.keyed import owned_partitions, partition_of
+from tables.keyed import owned_partitions, partition_of, recovering
 from tables.payments import live_rows, pending_timers
 from tables.timers import due_index
 
@@ -102,7 +102,7 @@ def fire_due_timers(clock: float) -> int:
     and another worker may have changed the rows in between).
     """
     global _last_prune
-    if app.rebalancing or not app.tables.recovery.completed.is_set():
+    if recovering():
         return 0  # ownership is moving: re-arm from the table once it is recovered
     owned = owned_partitions()
     if owned != _built_for or app.rebalancing_count != _built_at:

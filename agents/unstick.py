@@ -26,6 +26,7 @@ from agents.ingest import ingest
 from agents.saga import saga
 from orchestrator_app import metrics
 from orchestrator_app.app import app, settings
+from tables.keyed import recovering
 
 __all__ = ["CHECK_SECONDS", "STALL_CHECKS", "check_stalls", "undelivered"]
 
@@ -81,7 +82,7 @@ def _agents_idle() -> bool:
 async def check_stalls() -> bool:
     """One check; True when it sought the partitions back (for tests and the metric)."""
     consumer = app.consumer
-    if app.rebalancing or not app.tables.recovery.completed.is_set():
+    if recovering():
         _seen.clear()
         return False
     behind = undelivered(consumer) if _agents_idle() else {}

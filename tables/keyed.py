@@ -20,8 +20,15 @@ __all__ = [
     "owned_partitions",
     "partition_of",
     "payment_keyed_table",
+    "recovering",
     "writing_partition",
 ]
+
+
+def recovering() -> bool:
+    """Partitions moving or tables still recovering: what this worker owns, and what its
+    table holds, is not settled yet."""
+    return bool(app.rebalancing) or not app.tables.recovery.completed.is_set()
 
 
 def partition_of(payment_id: str) -> int:
@@ -80,7 +87,7 @@ def local_partition(payment_id: str) -> int | None:
     of a revocation, before it flushes and commits), the tables recovered, and the
     partition an active one of this worker — never a standby.
     """
-    if app.rebalancing or not app.tables.recovery.completed.is_set():
+    if recovering():
         return None
     partition = partition_of(payment_id)
     return partition if partition in owned_partitions() else None

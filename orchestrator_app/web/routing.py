@@ -17,6 +17,7 @@ from yarl import URL
 
 from orchestrator_app.app import app
 from orchestrator_app.domain import codec
+from tables.keyed import recovering
 from tables.payments import payments
 
 __all__ = [
@@ -60,10 +61,6 @@ def api_error(view: web.View, status: int, code: str, message: str,
         response.headers[name] = value
     return response
 
-
-def recovering() -> bool:
-    """Partitions moving or tables still recovering: local reads may miss payments."""
-    return bool(app.rebalancing) or not app.tables.recovery.completed.is_set()
 
 
 class Unavailable(Exception):

@@ -63,6 +63,7 @@ def test_defaults() -> None:
     assert (s.topic_replication_factor, s.topic_min_insync_replicas) == (3, 2)
     assert s.producer_acks == -1
     assert s.topic_config == {"min.insync.replicas": "2"}
+    assert s.gc_gen0_threshold == 10000
 
 
 def test_values_are_read() -> None:
@@ -77,7 +78,9 @@ def test_values_are_read() -> None:
         LOG_LEVEL="debug",
         LOG_FORMAT="Text",
         TABLE_STORE="memory://",
+        GC_GEN0_THRESHOLD="700",
     )
+    assert s.gc_gen0_threshold == 700
     assert s.log_format == "text"
     assert s.port == 9000
     assert s.fraud_timeout == 2.5
@@ -188,6 +191,9 @@ def test_required_are_the_spec_servers() -> None:
         ("TOPIC_MIN_INSYNC_REPLICAS", "4"),  # more than TOPIC_REPLICATION_FACTOR (3)
         ("PRODUCER_ACKS", "2"),
         ("PRODUCER_ACKS", "none"),
+        ("GC_GEN0_THRESHOLD", "0"),
+        ("GC_GEN0_THRESHOLD", "-1"),
+        ("GC_GEN0_THRESHOLD", "lots"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, raw: str) -> None:

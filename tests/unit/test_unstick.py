@@ -6,6 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from faust.types import TP
+
 from agents.unstick import undelivered
 from orchestrator_app.app import settings
 
@@ -13,18 +15,8 @@ CREATED = settings.topics.payment_created
 COMMANDS = settings.topics.commands
 
 
-class _TP(tuple[str, int]):
-    @property
-    def topic(self) -> str:
-        return self[0]
-
-    @property
-    def partition(self) -> int:
-        return self[1]
-
-
-def _consumer(positions: dict[_TP, int | None], read: dict[_TP, int | None]) -> Any:
-    def state_value(tp: _TP) -> Any:
+def _consumer(positions: dict[TP, int | None], read: dict[TP, int | None]) -> Any:
+    def state_value(tp: TP) -> Any:
         position = positions[tp]
         return SimpleNamespace(has_valid_position=position is not None, position=position)
 
@@ -37,19 +29,19 @@ def _consumer(positions: dict[_TP, int | None], read: dict[_TP, int | None]) -> 
 
 
 def test_fetched_but_never_delivered_is_reported() -> None:
-    stuck, fresh = _TP((CREATED, 1)), _TP((CREATED, 3))
+    stuck, fresh = TP(CREATED, 1), TP(CREATED, 3)
     consumer = _consumer({stuck: 1235, fresh: 0}, {stuck: None, fresh: None})
     assert undelivered(consumer) == {stuck: (None, 1235)}
 
 
 def test_delivered_up_to_the_position_is_not_reported() -> None:
-    caught_up, behind = _TP((COMMANDS, 0)), _TP((COMMANDS, 2))
+    caught_up, behind = TP(COMMANDS, 0), TP(COMMANDS, 2)
     consumer = _consumer({caught_up: 501, behind: 900}, {caught_up: 500, behind: 500})
     assert undelivered(consumer) == {behind: (500, 900)}
 
 
 def test_changelogs_and_positions_unknown_are_ignored() -> None:
-    changelog, unknown = _TP(("x-payments-changelog", 0)), _TP((CREATED, 2))
+    changelog, unknown = TP("x-payments-changelog", 0), TP(CREATED, 2)
     consumer = _consumer({changelog: 999, unknown: None}, {})
     assert undelivered(consumer) == {}
 
