@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -58,7 +59,8 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -691,15 +693,22 @@ def build_baseline_go(run_dir: Path) -> tuple[Path | None, str]:
 
 def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], design: str,
                workers: int = 1, concurrency: int = 0, otlp: OtlpSink | None = None,
-               baseline_go: Path | None = None) -> dict[str, Any]:
+               baseline_go: Path | None = None, variant: Variant | None = None,
+               round_no: int = 0) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     brokers, admin_url = env["KAFKA_BROKERS"], env["DATABASE_URL"]
     label = f"orchestrator W={workers}" if design == "orchestrator" else \
         f"{design} C={concurrency}"
+    if variant is not None:
+        label += f" [{variant.name}]"
+        env = dict(env, **variant.env)
     if otlp is not None:
         label += " traced"
         env = dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.url)
         spans_before = (otlp.requests, otlp.bytes)
+    config = label  # the same configuration in every round
+    if round_no:
+        label += f" #{round_no}"
     say(f"== {label} (run {run_id}) ==")
     db_name = f"bench_{run_id}"
     db_url = asyncio.run(create_database(admin_url, db_name))
@@ -709,7 +718,11 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
                 WEB_HOST="127.0.0.1", LOG_LEVEL="WARNING")
     children = Children(stack.run_dir / f"{design}-{run_id}")
     servers = {c.name: c.proc.pid for c in getattr(stack, "_children", [])}
-    result: dict[str, Any] = {"design": design, "label": label, "run_id": run_id,
+    result: dict[str, Any] = {"design": design, "label": label, "config": config,
+                              "round": round_no or None,
+                              "variant": variant.name if variant else None,
+                              "variant_env": variant.env if variant else None,
+                              "run_id": run_id,
                               "workers": workers if design == "orchestrator" else None,
                               "concurrency": concurrency or None,
                               "tracing": otlp is not None,
@@ -895,8 +908,9 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
 
 
 def best(runs: list[dict[str, Any]], design: str) -> dict[str, Any] | None:
+    """The fastest run of `design` in its default configuration (no tracing, no variant)."""
     ok = [r for r in runs if r["design"] == design and not r.get("tracing")
-          and _g(r, "peak", "payments_per_s")]
+          and not r.get("variant") and _g(r, "peak", "payments_per_s")]
     return max(ok, key=lambda r: r["peak"]["payments_per_s"]) if ok else None
 
 
@@ -916,6 +930,63 @@ def ratios(runs: list[dict[str, Any]], baseline: str = "baseline") -> dict[str, 
     if ol and bl:
         out["fixed_rate_p99"] = round(ol / bl, 2)
     return out
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "n": len(values)}
+
+
+def rounds_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Across rounds: each configuration's figures as median [min-max], and the ratios that
+    compare within a round (the machine's speed moves between rounds, not within a pair)."""
+    configs: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        figures = configs.setdefault(r["config"], {})
+        for key, value in (("peak_payments_per_s", _g(r, "peak", "payments_per_s")),
+                           ("peak_worker_cpu_ms", _g(r, "peak", "service_cpu_ms_per_payment")),
+                           ("rate_p99_ms", _g(r, "rate", "p99_ms")),
+                           ("rate_worker_cpu_ms", _g(r, "rate", "service_cpu_ms_per_payment"))):
+            if value is not None:
+                figures.setdefault(key, []).append(float(value))
+    out: dict[str, Any] = {"configs": {c: {k: _spread(v) for k, v in f.items()}
+                                       for c, f in configs.items()}, "ratios": {}}
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_round.setdefault(r.get("round") or 0, []).append(r)
+    pairs: dict[str, list[float]] = {}
+    for round_runs in by_round.values():
+        ref = best(round_runs, "orchestrator")
+        if ref is None:
+            continue
+        for name in ("baseline", "baseline-go"):
+            if (b := best(round_runs, name)) is not None:
+                pairs.setdefault(f"{ref['config']} / {b['config']}", []).append(
+                    ref["peak"]["payments_per_s"] / b["peak"]["payments_per_s"])
+        for r in round_runs:
+            if r.get("variant") and r.get("workers") == ref["workers"] \
+                    and _g(r, "peak", "payments_per_s"):
+                pairs.setdefault(f"{r['config']} / {ref['config']}", []).append(
+                    r["peak"]["payments_per_s"] / ref["peak"]["payments_per_s"])
+    out["ratios"] = {k: _spread(v) for k, v in pairs.items()}
+    return out
+
+
+def describe_rounds(summary: dict[str, Any]) -> str:
+    def cell(d: dict[str, float] | None, digits: int = 0) -> str:
+        if not d:
+            return "-"
+        return (f"{d['median']:.{digits}f} [{d['min']:.{digits}f}-{d['max']:.{digits}f}]")
+
+    lines = ["across rounds: median [min-max]", f"{'configuration':<36} {'peak/s':>17} "
+             f"{'worker ms/pay':>17} {'fixed-rate p99 ms':>19}"]
+    for config, f in summary["configs"].items():
+        lines.append(f"{config:<36} {cell(f.get('peak_payments_per_s')):>17} "
+                     f"{cell(f.get('peak_worker_cpu_ms'), 2):>17} "
+                     f"{cell(f.get('rate_p99_ms')):>19}")
+    for name, d in summary["ratios"].items():
+        lines.append(f"peak ratio {name} (within each round, n={d['n']}): {cell(d, 2)}")
+    return "\n".join(lines)
 
 
 # --- main -------------------------------------------------------------------------------
@@ -947,6 +1018,59 @@ def code_version() -> dict[str, Any]:
 
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An orchestrator run with worker settings of its own, beside the default one in every
+    round: the way to compare a setting paired, on the same machine at the same time."""
+
+    name: str
+    env: dict[str, str]
+
+
+def variant(text: str) -> Variant:
+    """``NAME:VAR=VALUE[,VAR=VALUE...]``, e.g. ``fw500:CONSUMER_FETCH_MAX_WAIT_MS=500``."""
+    name, sep, settings = text.partition(":")
+    pairs = [p.strip() for p in settings.split(",") if p.strip()]
+    if not sep or not re.fullmatch(r"[\w.-]+", name) or not pairs \
+            or not all(re.fullmatch(r"[A-Z][A-Z0-9_]*=[^,]*", p) for p in pairs):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME:VAR=VALUE[,VAR=VALUE...] (e.g. sb0:TABLE_STANDBY_REPLICAS=0)")
+    return Variant(name, dict(p.split("=", 1) for p in pairs))
+
+
+def run_round_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], design: str,
+                     go_binary: Path | None, round_no: int, reverse: bool,
+                     results: dict[str, Any], save: Callable[[], None]) -> None:
+    """Every configuration of one design in one round (workers x tracing x variants for
+    the orchestrator, each concurrency for a baseline), in reverse order when `reverse`."""
+    jobs: list[dict[str, Any]] = []
+    if design == "orchestrator":
+        for w in args.workers:
+            for mode in args.tracing_modes:
+                jobs.append({"workers": w, "tracing": mode == "on"})
+            for variant in args.variant:
+                jobs.append({"workers": w, "tracing": False, "variant": variant})
+    elif design == "baseline-go":
+        if go_binary is None:
+            return
+        jobs = [{"concurrency": c, "baseline_go": go_binary} for c in args.baseline_concurrency]
+    elif not BASELINE.exists():
+        say(f"== baseline: {BASELINE.relative_to(ROOT)} not found, skipped ==")
+        results["baseline_skipped"] = "benchmarks/baseline.py not found"
+        return
+    else:
+        jobs = [{"concurrency": c} for c in args.baseline_concurrency]
+    for job in (jobs[::-1] if reverse else jobs):
+        otlp = OtlpSink() if job.pop("tracing", False) else None
+        try:
+            results["runs"].append(run_design(args, stack, env, design, otlp=otlp,
+                                              round_no=round_no, **job))
+        finally:
+            if otlp is not None:
+                otlp.close()
+        save()
 
 
 def main() -> None:
@@ -982,6 +1106,12 @@ def main() -> None:
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument("--delete-topics", action="store_true",
                         help="delete each run's topics afterwards (for a shared broker)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every configuration this many times, alternating the "
+                             "order (ABBA); prints medians and ratios within each round")
+    parser.add_argument("--variant", type=variant, action="append", default=[],
+                        help="NAME:VAR=VALUE[,...]: an orchestrator run with these worker "
+                             "settings beside the default one in every round (repeatable)")
     parser.add_argument("--out", default="bench-results.json")
     args = parser.parse_args()
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
@@ -991,6 +1121,13 @@ def main() -> None:
     tracing = [t.strip() for t in args.tracing.split(",") if t.strip()]
     if not tracing or set(tracing) - {"off", "on"}:
         parser.error("--tracing takes off, on or off,on")
+    args.tracing_modes = tracing
+    if args.rounds < 1:
+        parser.error("--rounds takes a positive number")
+    if args.variant and "orchestrator" not in designs:
+        parser.error("--variant needs the orchestrator design")
+    if len({v.name for v in args.variant}) != len(args.variant):
+        parser.error("--variant names must differ")
     results: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "args": dict(vars(args)), "cpus": os.cpu_count(), "code": code_version(),
@@ -1015,37 +1152,23 @@ def main() -> None:
                                             args.partitions, 1.0))
             say(f"broker warm-up: {args.broker_warmup:,} records in "
                 f"{time.monotonic() - t0:.1f}s")
-        for design in designs:
-            if design == "orchestrator":
-                for w in args.workers:
-                    for mode in tracing:
-                        otlp = OtlpSink() if mode == "on" else None
-                        try:
-                            runs.append(run_design(args, stack, env, design, workers=w,
-                                                   otlp=otlp))
-                        finally:
-                            if otlp is not None:
-                                otlp.close()
-                        save()
-            elif design == "baseline-go":
-                binary, how = build_baseline_go(stack.run_dir)
-                if binary is None:
-                    say(f"== baseline-go: skipped: {how} ==")
-                    results["baseline_go_skipped"] = how
-                    continue
+        go_binary: Path | None = None
+        if "baseline-go" in designs:
+            go_binary, how = build_baseline_go(stack.run_dir)
+            if go_binary is None:
+                say(f"== baseline-go: skipped: {how} ==")
+                results["baseline_go_skipped"] = how
+            else:
                 say(f"baseline-go: go build {BASELINE_GO.relative_to(ROOT)} in {how}")
                 results["baseline_go_build"] = how
-                for c in args.baseline_concurrency:
-                    runs.append(run_design(args, stack, env, design, concurrency=c,
-                                           baseline_go=binary))
-                    save()
-            elif not BASELINE.exists():
-                say(f"== baseline: {BASELINE.relative_to(ROOT)} not found, skipped ==")
-                results["baseline_skipped"] = "benchmarks/baseline.py not found"
-            else:
-                for c in args.baseline_concurrency:
-                    runs.append(run_design(args, stack, env, design, concurrency=c))
-                    save()
+        for round_no in range(1, args.rounds + 1):
+            # ABBA: the second round runs the designs in reverse order, so a machine
+            # getting faster or slower through the run does not favour one design.
+            order = designs if round_no % 2 else designs[::-1]
+            for design in order:
+                run_round_design(args, stack, env, design, go_binary,
+                                 round_no if args.rounds > 1 else 0,
+                                 reverse=not round_no % 2, results=results, save=save)
         ceil = None
         if not args.no_ceiling:
             ref = best(runs, "orchestrator")
@@ -1059,6 +1182,8 @@ def main() -> None:
             results["ceiling"] = ceil
         results["ratio_orchestrator_over_baseline"] = ratios(runs)
         results["ratio_orchestrator_over_baseline_go"] = ratios(runs, "baseline-go")
+        if args.rounds > 1 or args.variant:
+            results["rounds"] = rounds_summary(runs)
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         save()
     print()
@@ -1072,6 +1197,9 @@ def main() -> None:
                      else "")
                   + (f", fixed-rate p99 x{r['fixed_rate_p99']}" if "fixed_rate_p99" in r
                      else ""))
+    if results.get("rounds"):
+        print()
+        print(describe_rounds(results["rounds"]))
     print(f"\nresults: {args.out}")
 
 

@@ -1,0 +1,87 @@
+"""The pure parts of ``benchmarks/bench.py`` that decide what a multi-round run reports:
+``--variant`` parsing and the within-round ratios. The bench itself runs against the real
+servers; nothing here needs one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("benchmark_bench", PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load()
+
+
+def _run(design: str, round_no: int, peak: float, *, variant: str | None = None,
+         workers: int | None = 2, concurrency: int | None = None,
+         p99: float | None = None) -> dict[str, Any]:
+    config = f"orchestrator W={workers}" if design == "orchestrator" else \
+        f"{design} C={concurrency}"
+    if variant:
+        config += f" [{variant}]"
+    return {"design": design, "config": config, "label": f"{config} #{round_no}",
+            "round": round_no, "variant": variant, "tracing": False,
+            "workers": workers if design == "orchestrator" else None,
+            "peak": {"payments_per_s": peak, "service_cpu_ms_per_payment": 1000 / peak},
+            "rate": {"p99_ms": p99} if p99 is not None else None}
+
+
+def test_variant_parses_name_and_settings() -> None:
+    v = bench.variant("sb0fw:TABLE_STANDBY_REPLICAS=0,CONSUMER_FETCH_MAX_WAIT_MS=500")
+    assert v.name == "sb0fw"
+    assert v.env == {"TABLE_STANDBY_REPLICAS": "0", "CONSUMER_FETCH_MAX_WAIT_MS": "500"}
+
+
+@pytest.mark.parametrize("text", ["sb0", "sb0:", ":X=1", "sb0:lower=1", "sb0:X", "a b:X=1"])
+def test_variant_rejects_what_it_cannot_apply(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench.variant(text)
+
+
+def test_ratios_compare_within_each_round_not_best_against_best() -> None:
+    # Round 2 ran on a machine twice as fast: best-against-best would pair the
+    # orchestrator's round 2 with the baseline's round 2 only by luck.
+    runs = [_run("orchestrator", 1, 100, p99=80), _run("baseline", 1, 200, concurrency=64),
+            _run("orchestrator", 1, 120, variant="fw500", p99=300),
+            _run("baseline", 2, 400, concurrency=64), _run("orchestrator", 2, 240, p99=60),
+            _run("orchestrator", 2, 300, variant="fw500", p99=500)]
+    summary = bench.rounds_summary(runs)
+    ratios = summary["ratios"]
+    assert ratios["orchestrator W=2 / baseline C=64"] == \
+        {"median": 0.55, "min": 0.5, "max": 0.6, "n": 2}
+    assert ratios["orchestrator W=2 [fw500] / orchestrator W=2"] == \
+        {"median": 1.23, "min": 1.2, "max": 1.25, "n": 2}
+    orchestrator = summary["configs"]["orchestrator W=2"]
+    assert orchestrator["peak_payments_per_s"] == {"median": 170, "min": 100, "max": 240,
+                                                   "n": 2}
+    assert orchestrator["rate_p99_ms"]["median"] == 70
+    # A variant is never the design's reference run, however fast it was.
+    assert bench.best(runs, "orchestrator")["variant"] is None
+    text = bench.describe_rounds(summary)
+    assert "orchestrator W=2 [fw500]" in text and "0.55 [0.50-0.60]" in text
+
+
+def test_a_round_without_its_reference_run_adds_no_ratio() -> None:
+    runs = [_run("orchestrator", 1, 100), _run("baseline", 1, 200, concurrency=64),
+            _run("baseline", 2, 300, concurrency=64)]  # round 2's orchestrator run failed
+    failed = _run("orchestrator", 2, 1)
+    failed["peak"] = None
+    summary = bench.rounds_summary([*runs, failed])
+    assert summary["ratios"]["orchestrator W=2 / baseline C=64"]["n"] == 1
