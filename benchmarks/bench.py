@@ -961,7 +961,8 @@ def rounds_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         for name in ("baseline", "baseline-go"):
             if (b := best(round_runs, name)) is not None:
-                pairs.setdefault(f"{ref['config']} / {b['config']}", []).append(
+                # the design's best configuration of that round (it may differ by round)
+                pairs.setdefault(f"{ref['config']} / {name} (best)", []).append(
                     ref["peak"]["payments_per_s"] / b["peak"]["payments_per_s"])
         for r in round_runs:
             if r.get("variant") and r.get("workers") == ref["workers"] \
