@@ -140,6 +140,10 @@ class Settings:
     ingest_direct: bool = True
     #: Table standby replicas: a survivor takes over a partition with warm state.
     table_standby_replicas: int = 1
+    #: Standby changelog records a worker holds before it writes them to its copy in one
+    #: batch (Faust's default: 1000, the recovery batch). Held records outlive Python's
+    #: young generations; see the README (Benchmarks, run H) for what a smaller batch did.
+    table_standby_buffer_size: int = 1000
     #: RocksDB block cache of each table partition's database, in MiB. Faust's default is
     #: 2 GiB per database: a worker that read its whole table once (the timer rebuild after
     #: a rebalance did) grew by the table's size.
@@ -381,6 +385,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "API_AUTH_FAILURES_PER_MINUTE": ("api_auth_failure_limit", _positive_int),
     "API_RATE_LIMIT_PER_MINUTE": ("api_rate_limit", _positive_int),
     "TABLE_STANDBY_REPLICAS": ("table_standby_replicas", _non_negative_int),
+    "TABLE_STANDBY_BUFFER_SIZE": ("table_standby_buffer_size", _positive_int),
     "ROCKSDB_BLOCK_CACHE_MB": ("rocksdb_block_cache_mb", _positive_int),
     "GC_GEN0_THRESHOLD": ("gc_gen0_threshold", _positive_int),
     "INGEST_DIRECT": ("ingest_direct", _bool),

@@ -51,6 +51,7 @@ def payment_keyed_table(name: str, value_type: type, help: str) -> Any:
         help=help, extra_topic_configs=settings.topic_config,
         # RocksDB: a bounded block cache per partition database (Faust's is 2 GiB each).
         options={"block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024},
+        standby_buffer_size=settings.table_standby_buffer_size,
     )
     table.key_serializer = "raw"
     table.changelog_topic = table.changelog_topic.derive(key_serializer="raw")

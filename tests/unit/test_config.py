@@ -64,6 +64,7 @@ def test_defaults() -> None:
     assert s.producer_acks == -1
     assert s.topic_config == {"min.insync.replicas": "2"}
     assert s.gc_gen0_threshold == 10000
+    assert s.table_standby_buffer_size == 1000
 
 
 def test_values_are_read() -> None:
@@ -79,8 +80,10 @@ def test_values_are_read() -> None:
         LOG_FORMAT="Text",
         TABLE_STORE="memory://",
         GC_GEN0_THRESHOLD="700",
+        TABLE_STANDBY_BUFFER_SIZE="10",
     )
     assert s.gc_gen0_threshold == 700
+    assert s.table_standby_buffer_size == 10
     assert s.log_format == "text"
     assert s.port == 9000
     assert s.fraud_timeout == 2.5
@@ -194,6 +197,8 @@ def test_required_are_the_spec_servers() -> None:
         ("GC_GEN0_THRESHOLD", "0"),
         ("GC_GEN0_THRESHOLD", "-1"),
         ("GC_GEN0_THRESHOLD", "lots"),
+        ("TABLE_STANDBY_BUFFER_SIZE", "0"),
+        ("TABLE_STANDBY_BUFFER_SIZE", "ten"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, raw: str) -> None:
