@@ -7,13 +7,10 @@ needs a server.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from decimal import Decimal
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,21 +18,13 @@ import pytest
 from orchestrator_app.domain import codec, replies
 from orchestrator_app.domain.records import PaymentCreated, PaymentStateChanged, ProcessRequest
 from orchestrator_app.domain.state_machine import TRANSITIONS, State, Trigger
+from tests.benchmark_util import BENCHMARKS, load_benchmark
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "baseline.py"
+PATH = BENCHMARKS / "baseline.py"
 NOW = "2026-02-13T10:00:00.000Z"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_baseline", PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-baseline = _load()
+baseline = load_benchmark("baseline")
 
 
 def payment(**changes: Any) -> PaymentCreated:

@@ -6,27 +6,13 @@ servers; nothing here needs one.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+from tests.benchmark_util import load_benchmark
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_bench", PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("bench")
 
 
 def _run(design: str, round_no: int, peak: float, *, variant: str | None = None,
