@@ -956,19 +956,21 @@ def rounds_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         by_round.setdefault(r.get("round") or 0, []).append(r)
     pairs: dict[str, list[float]] = {}
     for round_runs in by_round.values():
-        ref = best(round_runs, "orchestrator")
-        if ref is None:
-            continue
-        for name in ("baseline", "baseline-go"):
-            if (b := best(round_runs, name)) is not None:
-                # the design's best configuration of that round (it may differ by round)
-                pairs.setdefault(f"{ref['config']} / {name} (best)", []).append(
-                    ref["peak"]["payments_per_s"] / b["peak"]["payments_per_s"])
+        if (ref := best(round_runs, "orchestrator")) is not None:
+            for name in ("baseline", "baseline-go"):
+                if (b := best(round_runs, name)) is not None:
+                    # the design's best configuration of that round (it may differ by round)
+                    pairs.setdefault(f"{ref['config']} / {name} (best)", []).append(
+                        ref["peak"]["payments_per_s"] / b["peak"]["payments_per_s"])
         for r in round_runs:
-            if r.get("variant") and r.get("workers") == ref["workers"] \
-                    and _g(r, "peak", "payments_per_s"):
-                pairs.setdefault(f"{r['config']} / {ref['config']}", []).append(
-                    r["peak"]["payments_per_s"] / ref["peak"]["payments_per_s"])
+            if not (r.get("variant") and _g(r, "peak", "payments_per_s")):
+                continue
+            # against the default run with as many workers in the same round
+            default = best([d for d in round_runs if d.get("workers") == r["workers"]],
+                           "orchestrator")
+            if default is not None:
+                pairs.setdefault(f"{r['config']} / {default['config']}", []).append(
+                    r["peak"]["payments_per_s"] / default["peak"]["payments_per_s"])
     out["ratios"] = {k: _spread(v) for k, v in pairs.items()}
     return out
 

@@ -73,3 +73,12 @@ def test_a_round_without_its_reference_run_adds_no_ratio() -> None:
     failed["peak"] = None
     summary = bench.rounds_summary([*runs, failed])
     assert summary["ratios"]["orchestrator W=2 / baseline (best)"]["n"] == 1
+
+
+def test_a_variant_is_compared_with_the_default_run_of_its_own_worker_count() -> None:
+    runs = [_run("orchestrator", 1, 300, workers=1), _run("orchestrator", 1, 200),
+            _run("orchestrator", 1, 250, variant="sb0"),
+            _run("orchestrator", 1, 330, workers=1, variant="sb0")]
+    ratios = bench.rounds_summary(runs)["ratios"]
+    assert ratios["orchestrator W=2 [sb0] / orchestrator W=2"]["median"] == 1.25
+    assert ratios["orchestrator W=1 [sb0] / orchestrator W=1"]["median"] == 1.1
