@@ -164,6 +164,53 @@ def pss_mb(pid: int) -> float | None:
     return round(total / 1024, 1) if total else None
 
 
+GC_PAUSE = "python_gc_pause_seconds"
+#: A pause longer than this counts as a stall (it holds up every payment in flight); a
+#: bucket bound of the worker's histogram.
+GC_STALL_S = 0.05
+
+
+def gc_pauses(port: int) -> dict[str, float]:
+    """A worker's GC pause histogram, read from its ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return parse_gc_pauses(answer.read().decode())
+
+
+def parse_gc_pauses(text: str) -> dict[str, float]:
+    """The GC pause histogram of a Prometheus text page, flattened: per generation the
+    seconds (``gen2_s``) and collections (``gen2_n``), and the collections longer than
+    `GC_STALL_S` (``stalls``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != GC_PAUSE:
+            continue
+        for sample in family.samples:
+            g = sample.labels.get("generation", "?")
+            if sample.name == f"{GC_PAUSE}_sum":
+                out[f"gen{g}_s"] = sample.value
+            elif sample.name == f"{GC_PAUSE}_count":
+                out[f"gen{g}_n"] = sample.value
+                out["stalls"] = out.get("stalls", 0.0) + sample.value
+            elif sample.name == f"{GC_PAUSE}_bucket" and \
+                    float(sample.labels["le"]) == GC_STALL_S:
+                out["stalls"] = out.get("stalls", 0.0) - sample.value
+    return out
+
+
+def gc_figures(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, Any]:
+    """What the collector cost the workers between two scrapes: seconds in total and in
+    generation 2, generation-2 collections, pauses longer than `GC_STALL_S`."""
+    def delta(key: str) -> float:
+        return sum(a.get(key, 0.0) - b.get(key, 0.0) for b, a in zip(before, after,
+                                                                      strict=True))
+    return {"gc_s": round(sum(delta(f"gen{g}_s") for g in range(3)), 3),
+            "gc_gen2_s": round(delta("gen2_s"), 3),
+            "gc_gen2_collections": int(delta("gen2_n")),
+            "gc_stalls": int(delta("stalls"))}
+
+
 class Sampler:
     """Samples the PSS of the servers' process trees; peak per name."""
 
@@ -500,8 +547,11 @@ class Run:
 
     def __init__(self, args: argparse.Namespace, design: str, brokers: str, db_url: str,
                  run_id: str, children: Children, services: list[str],
-                 servers: dict[str, int] | None = None) -> None:
+                 servers: dict[str, int] | None = None,
+                 metrics_ports: list[int] | None = None) -> None:
         self.args, self.design, self.brokers, self.db_url = args, design, brokers, db_url
+        #: Workers' web ports, to read their GC pause histograms before and after a phase.
+        self.metrics_ports = metrics_ports or []
         self.run_id, self.children, self.services = run_id, children, services
         #: Servers this script started (their CPU counts too: they share the cores).
         self.servers = servers or {}
@@ -553,6 +603,7 @@ class Run:
         ids, values = self.ids(tag, n)
         sent: dict[str, float] = {}
         cpu0 = self.cpu()
+        gc0 = [gc_pauses(port) for port in self.metrics_ports]
         t0 = time.monotonic()
         await self.send(producer, ids, values, sent, rate)
         produced_s = time.monotonic() - t0
@@ -566,6 +617,7 @@ class Run:
         db_start = time.monotonic()
         db_s = await wait_database(self.db_url, finals, self.args.timeout) if done else None
         cpu1 = self.cpu()
+        gc1 = [gc_pauses(port) for port in self.metrics_ports]
         db_done = None if db_s is None else db_start + db_s
         out: dict[str, Any] = {
             "payments": n, "terminal": len(done), "complete": complete,
@@ -580,6 +632,8 @@ class Run:
             "terminal_states": dict(Counter(self.watcher.terminal_state[p] for p in done)),
         }
         out.update(self.cpu_figures(cpu0, cpu1, len(done)))
+        if self.metrics_ports:
+            out.update(gc_figures(gc0, gc1))
         # Where the time goes: created -> FRAUD_CHECK (ingest, CREATE applied) -> APPROVED
         # (fraud call and its outcome) -> terminal (processor call and its outcome).
         fraud_at, approved_at = self.watcher.stage_at["FRAUD_CHECK"], \
@@ -732,6 +786,7 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
     try:
         with Sampler(servers) as sampler:
             services: list[str] = []
+            ports: list[int] = []
             t0 = time.monotonic()
             if design == "orchestrator":
                 subprocess.run([CLI, "migrate"], env=renv, check=True, capture_output=True)
@@ -742,7 +797,6 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
                                           args.partitions))
             children.spawn("simulator", SIMULATOR, dict(renv, PYTHONUNBUFFERED="1"))
             if design == "orchestrator":
-                ports = []
                 for i in range(workers):
                     port = free_port()
                     ports.append(port)
@@ -767,7 +821,8 @@ def run_design(args: argparse.Namespace, stack: Stack, env: dict[str, str], desi
                 wait_log_line(children, "baseline", "baseline ready")
             wait_log_line(children, "simulator", "simulator answering", 60)
             result["startup_s"] = round(time.monotonic() - t0, 1)
-            run = Run(args, design, brokers, db_url, run_id, children, services, servers)
+            run = Run(args, design, brokers, db_url, run_id, children, services, servers,
+                      ports)
             result.update(asyncio.run(run.measure()))
             prefixes = (prefix, f"{app_id}-") if design == "orchestrator" else \
                 (prefix, f"bench-baseline-{run_id}")
@@ -813,6 +868,14 @@ def _db(phase: dict[str, Any] | None) -> str | None:
     return f"{phase['db_complete_s']:.1f} (+{phase['db_lag_s']:.2f})"
 
 
+def _gc(phase: dict[str, Any] | None) -> str | None:
+    """The workers' collector time in a phase, all generations / generation 2, and (in
+    brackets) how many pauses lasted longer than `GC_STALL_S`."""
+    if not phase or phase.get("gc_s") is None:
+        return None
+    return f"{phase['gc_s']:.2f} / {phase['gc_gen2_s']:.2f} ({phase['gc_stalls']})"
+
+
 def _g(d: dict[str, Any] | None, *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, dict):
@@ -847,6 +910,7 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
     row("  latency p50/p95/p99 ms", [_lat(r.get("peak")) for r in runs])
     row("  PostgreSQL complete s (lag)", [_db(r.get("peak")) for r in runs])
     row("  worker CPU ms/payment", [_g(r, "peak", "service_cpu_ms_per_payment") for r in runs])
+    row("  worker GC s: all / gen 2 (stalls)", [_gc(r.get("peak")) for r in runs])
     row("  simulator CPU ms/payment",
         [_g(r, "peak", "simulator_cpu_ms_per_payment") for r in runs])
     for server in sorted({s for r in runs
@@ -858,6 +922,7 @@ def report(runs: list[dict[str, Any]], ceil: dict[str, Any] | None) -> str:
     row("  latency p50/p95/p99 ms", [_lat(r.get("rate")) for r in runs])
     row("  PostgreSQL complete s (lag)", [_db(r.get("rate")) for r in runs])
     row("  worker CPU ms/payment", [_g(r, "rate", "service_cpu_ms_per_payment") for r in runs])
+    row("  worker GC s: all / gen 2 (stalls)", [_gc(r.get("rate")) for r in runs])
     if any(r.get("tracing") for r in runs):
         row("OTLP exports (KB)", [
             f"{r['otlp_exports']['requests']} ({r['otlp_exports']['bytes'] // 1024:,})"
@@ -946,7 +1011,9 @@ def rounds_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for key, value in (("peak_payments_per_s", _g(r, "peak", "payments_per_s")),
                            ("peak_worker_cpu_ms", _g(r, "peak", "service_cpu_ms_per_payment")),
                            ("rate_p99_ms", _g(r, "rate", "p99_ms")),
-                           ("rate_worker_cpu_ms", _g(r, "rate", "service_cpu_ms_per_payment"))):
+                           ("rate_worker_cpu_ms", _g(r, "rate", "service_cpu_ms_per_payment")),
+                           ("rate_gc_s", _g(r, "rate", "gc_s")),
+                           ("rate_gc_stalls", _g(r, "rate", "gc_stalls"))):
             if value is not None:
                 figures.setdefault(key, []).append(float(value))
     out: dict[str, Any] = {"configs": {c: {k: _spread(v) for k, v in f.items()}
@@ -982,11 +1049,13 @@ def describe_rounds(summary: dict[str, Any]) -> str:
         return (f"{d['median']:.{digits}f} [{d['min']:.{digits}f}-{d['max']:.{digits}f}]")
 
     lines = ["across rounds: median [min-max]", f"{'configuration':<36} {'peak/s':>17} "
-             f"{'worker ms/pay':>17} {'fixed-rate p99 ms':>19}"]
+             f"{'worker ms/pay':>17} {'fixed-rate p99 ms':>19} {'fixed-rate GC s':>17} "
+             f"{'GC stalls':>11}"]
     for config, f in summary["configs"].items():
         lines.append(f"{config:<36} {cell(f.get('peak_payments_per_s')):>17} "
                      f"{cell(f.get('peak_worker_cpu_ms'), 2):>17} "
-                     f"{cell(f.get('rate_p99_ms')):>19}")
+                     f"{cell(f.get('rate_p99_ms')):>19} {cell(f.get('rate_gc_s'), 2):>17} "
+                     f"{cell(f.get('rate_gc_stalls')):>11}")
     for name, d in summary["ratios"].items():
         lines.append(f"peak ratio {name} (within each round, n={d['n']}): {cell(d, 2)}")
     return "\n".join(lines)

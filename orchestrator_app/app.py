@@ -6,7 +6,6 @@ round), and `orchestrator_app.topology` imports them all so the worker has every
 
 from __future__ import annotations
 
-import gc
 import logging
 import socket
 
@@ -14,6 +13,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from orchestrator_app.config import get_settings
+from orchestrator_app.gcpolicy import freeze_and_tune_gc, observe_pauses
 from orchestrator_app.logs import logging_config
 from orchestrator_app.partitioning import partitioner
 from orchestrator_app.supervision import guard_producer, on_agent_error
@@ -108,18 +108,11 @@ async def tune_gc() -> None:
     Python's defaults a worker spent ~6 % of its CPU collecting, and each generation-2
     collection walked every object it holds (Faust's, aiokafka's, every module's) for
     100-170 ms, several times a run. Frozen, those objects are never walked again.
+    Every pause is timed from the start (``python_gc_pause_seconds``, by generation).
     """
+    observe_pauses()
     await app.tables.recovery.completed.wait()
     freeze_and_tune_gc(settings.gc_gen0_threshold)
-
-
-def freeze_and_tune_gc(gen0_threshold: int) -> None:
-    """Collect once, move every surviving object to the permanent generation, and set
-    the generation-0 threshold (generations 1 and 2 keep theirs)."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 @app.task

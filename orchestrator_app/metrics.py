@@ -21,6 +21,7 @@ __all__ = [
     "fraud_duration",
     "fraud_timeouts",
     "fraud_unavailable",
+    "gc_pauses",
     "messages_processed",
     "notifications_sent",
     "outbound_inflight",
@@ -199,6 +200,15 @@ timers_fired = Counter(
     "payment_timers_fired",
     "Due timers turned into TIMER commands (retry backoffs, deadlines).",
     ["kind"],
+    registry=REGISTRY,
+)
+
+
+gc_pauses = Histogram(
+    "python_gc_pause_seconds",
+    "Garbage-collector pauses of this process (the event loop stops for each), by generation.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
 

@@ -82,3 +82,32 @@ def test_a_variant_is_compared_with_the_default_run_of_its_own_worker_count() ->
     ratios = bench.rounds_summary(runs)["ratios"]
     assert ratios["orchestrator W=2 [sb0] / orchestrator W=2"]["median"] == 1.25
     assert ratios["orchestrator W=1 [sb0] / orchestrator W=1"]["median"] == 1.1
+
+
+def _gc_page(gen2_sum: float, gen2_count: int, gen2_short: int) -> str:
+    """A worker's /metrics page with the GC pause histogram (generation 2 as given)."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    h = Histogram("python_gc_pause_seconds", "pauses", ["generation"],
+                  buckets=(0.01, bench.GC_STALL_S, 0.1), registry=registry)
+    h.labels("0").observe(0.001)
+    for i in range(gen2_count):
+        h.labels("2").observe(0.001 if i < gen2_short else 0.2)
+    text = generate_latest(registry).decode()
+    # the sum as given (observing fixed values cannot hit it exactly)
+    return "\n".join(
+        f'python_gc_pause_seconds_sum{{generation="2"}} {gen2_sum}'
+        if line.startswith('python_gc_pause_seconds_sum{generation="2"}') else line
+        for line in text.splitlines()) + "\n"
+
+
+def test_gc_figures_are_what_the_workers_spent_between_two_scrapes() -> None:
+    before = [bench.parse_gc_pauses(_gc_page(0.5, 2, 1)), bench.parse_gc_pauses(_gc_page(0, 0, 0))]
+    after = [bench.parse_gc_pauses(_gc_page(0.9, 5, 2)), bench.parse_gc_pauses(_gc_page(0.3, 1, 0))]
+    assert after[0]["gen2_n"] == 5 and after[0]["stalls"] == 3
+    figures = bench.gc_figures(before, after)
+    assert figures["gc_gen2_s"] == pytest.approx(0.7)   # 0.4 + 0.3
+    assert figures["gc_gen2_collections"] == 4          # 3 + 1
+    assert figures["gc_stalls"] == 3                    # 2 more over 50 ms + 1
+    assert figures["gc_s"] == pytest.approx(0.7)        # generation 0 did not move
