@@ -141,8 +141,8 @@ class Settings:
     #: Table standby replicas: a survivor takes over a partition with warm state.
     table_standby_replicas: int = 1
     #: Standby changelog records a worker holds before it writes them to its copy in one
-    #: batch (Faust's default: 1000, the recovery batch). Held records outlive Python's
-    #: young generations; see the README (Benchmarks, run H) for what a smaller batch did.
+    #: batch (Faust's default: 1000, the recovery batch). Smaller batches did not change
+    #: the latency tail in paired runs, and no GC pause explains it (README, runs H and I).
     table_standby_buffer_size: int = 1000
     #: RocksDB block cache of each table partition's database, in MiB. Faust's default is
     #: 2 GiB per database: a worker that read its whole table once (the timer rebuild after

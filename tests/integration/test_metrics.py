@@ -41,7 +41,7 @@ SPEC_METRICS = {
 EXTRA_METRICS = {
     "kafka_consumer_lag_seconds", "payment_waiting_oldest_seconds", "payment_stuck",
     "payment_dead_letter_topic_depth", "payment_circuit_breaker_state",
-    "payment_sink_lag_records",
+    "payment_sink_lag_records", "python_gc_pause_seconds",
 }
 N = 20
 
