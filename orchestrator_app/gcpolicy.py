@@ -4,7 +4,7 @@ pauses are (`PauseTimer`, the ``python_gc_pause_seconds`` histogram).
 Why a pause histogram: every collection stops the event loop, and a generation-2 one walks
 every tracked object the process holds, so a worker's latency tail can be the collector's
 and not the pipeline's. Prometheus' default GC collector counts collections but does not
-time them; this does, per generation, at a few hundred nanoseconds a collection.
+time them; this does, per generation, for ~3.5 µs a collection (timeit on this machine).
 """
 
 from __future__ import annotations
