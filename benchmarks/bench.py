@@ -475,6 +475,23 @@ class Watcher:
             self._waiting = [w for w in self._waiting if w is not remaining]
 
 
+#: Width of a `latency_timeline` slot, seconds of send time.
+TIMELINE_SLOT_S = 0.5
+
+
+def latency_timeline(sent_s: dict[str, float],
+                     latency_ms: dict[str, float]) -> list[dict[str, float]]:
+    """Latency by when a payment was sent, per `TIMELINE_SLOT_S` slot of the phase: how many,
+    their median and their maximum. Periodic work that stalls the pipeline (commits, table
+    flushes, census queries) shows as a maximum that recurs every so many slots."""
+    slots: dict[int, list[float]] = {}
+    for pid, at in sent_s.items():
+        slots.setdefault(int(at // TIMELINE_SLOT_S), []).append(latency_ms[pid])
+    return [{"t_s": round(i * TIMELINE_SLOT_S, 2), "n": len(v),
+             "p50_ms": round(statistics.median(v), 1), "max_ms": round(max(v), 1)}
+            for i, v in sorted(slots.items())]
+
+
 def percentiles(values_ms: list[float]) -> dict[str, float | None]:
     s = sorted(values_ms)
 
@@ -647,6 +664,8 @@ class Run:
                     (approved_at[pid] - fraud_at[pid]) * 1000)
                 stages["approved_to_terminal"].append((seen[pid] - approved_at[pid]) * 1000)
         out["stages_ms"] = {name: percentiles(v) for name, v in stages.items()}
+        out["timeline"] = latency_timeline({p: sent[p] - t0 for p in done},
+                                           {p: (seen[p] - sent[p]) * 1000 for p in done})
         return out
 
     async def measure(self) -> dict[str, Any]:
@@ -669,6 +688,7 @@ class Run:
             if self.args.rate_seconds > 0 and (self.args.rate or peak["payments_per_s"]):
                 rate = self.args.rate or peak["payments_per_s"] * self.args.rate_fraction
                 n = max(1, round(rate * self.args.rate_seconds))
+                await asyncio.sleep(self.args.settle_seconds)
                 fixed = await self.phase(producer, "r", n, rate)
                 result["rate"] = fixed
                 say(f"  rate {fixed['target_rate']}/s for {n} payments: "
@@ -1165,6 +1185,10 @@ def main() -> None:
                         help="fixed-rate phase at this many payments/s instead of "
                              "--rate-fraction of the peak (compares tails at equal load)")
     parser.add_argument("--rate-seconds", type=float, default=15.0)
+    parser.add_argument("--settle-seconds", type=float, default=0.0,
+                        help="idle this long between the peak and the fixed-rate phase, so "
+                             "the fixed rate is measured in steady state, not while the "
+                             "peak's after-work (standby, compaction, sink) still runs")
     parser.add_argument("--timeout", type=float, default=900.0, help="per phase, seconds")
     parser.add_argument("--stall", type=float, default=60.0,
                         help="give up a phase after this long without any state change")

@@ -111,3 +111,13 @@ def test_gc_figures_are_what_the_workers_spent_between_two_scrapes() -> None:
     assert figures["gc_gen2_collections"] == 4          # 3 + 1
     assert figures["gc_stalls"] == 3                    # 2 more over 50 ms + 1
     assert figures["gc_s"] == pytest.approx(0.7)        # generation 0 did not move
+
+
+def test_latency_timeline_groups_payments_by_when_they_were_sent() -> None:
+    sent = {"a": 0.1, "b": 0.4, "c": 0.6, "d": 1.9}
+    latency = {"a": 10.0, "b": 30.0, "c": 500.0, "d": 20.0}
+    assert bench.latency_timeline(sent, latency) == [
+        {"t_s": 0.0, "n": 2, "p50_ms": 20.0, "max_ms": 30.0},
+        {"t_s": 0.5, "n": 1, "p50_ms": 500.0, "max_ms": 500.0},
+        {"t_s": 1.5, "n": 1, "p50_ms": 20.0, "max_ms": 20.0},
+    ]
