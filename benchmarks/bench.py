@@ -16,7 +16,9 @@ Per run, after a few warm-up payments:
 
 1. peak: all --payments produced at once; payments/s = payments / (last terminal event seen
    - first produced), latency = terminal event seen - that payment produced (p50/p95/p99);
-2. rate: --rate-fraction (0.5) of that peak, for --rate-seconds (15), same latency figures;
+2. rate: --rate-fraction (0.5) of that peak, for --rate-seconds (15), same latency figures,
+   after --settle-seconds (0) of idling; each phase also keeps a latency timeline (per 0.5 s
+   of send time: count, median, max) in the JSON;
 3. after each phase, the time until PostgreSQL holds every payment at its final version;
    CPU seconds of the service processes (and the simulator) per payment, from
    /proc/<pid>/stat before and after; peak RSS (VmHWM) of each process, and of the servers
