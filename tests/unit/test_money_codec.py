@@ -486,3 +486,51 @@ def test_codec_decodes_regardless_of_the_decimal_context() -> None:
 def test_codec_loads_raises_only_value_errors(raw: bytes) -> None:
     with contextlib.suppress(ValueError):
         codec.loads(raw)
+
+
+# --- the fast encoder writes what the exact one writes ----------------------------------
+
+_scalars = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),  # beyond 64 bits: the exact path
+    st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    st.text(),  # non-ASCII and lone surrogates included
+)
+_json_like = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=5),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=5)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500)
+@given(_json_like)
+def test_dumps_writes_the_exact_encoders_bytes(value: Any) -> None:
+    assert codec.dumps(value) == codec.exact_dumps(value)
+
+
+@settings(max_examples=300)
+@given(st.recursive(st.floats(allow_nan=False, allow_infinity=False) | _scalars,
+                    lambda inner: st.lists(inner, max_size=5), max_leaves=20))
+def test_dumps_of_floats_reads_back_as_the_exact_encoders(value: Any) -> None:
+    # Float notation may differ (1e16 against 1e+16); the number never does.
+    assert codec.loads(codec.dumps(value)) == codec.loads(codec.exact_dumps(value))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), Decimal("NaN"),
+                                   Decimal("-Infinity"), Decimal("sNaN")])
+def test_dumps_refuses_non_finite_numbers_deep_inside(value: object) -> None:
+    with pytest.raises(ValueError):
+        codec.dumps({"a": [1, None, {"b": [value]}]})
+
+
+def test_dumps_keeps_a_payment_row_as_the_exact_encoder_does() -> None:
+    from tests.benchmark_util import load_benchmark
+
+    row = load_benchmark("memory").completed_payment(Decimal("100.50"), "cust-é", "m-1")
+    value = codec.loads(row)
+    assert b"\\u00e9" in codec.dumps(value)
+    assert codec.dumps(value) == codec.exact_dumps(value)
+    del value["customer_id"]  # now pure ASCII: the fast path's own bytes
+    assert codec.dumps(value) == codec.exact_dumps(value)
