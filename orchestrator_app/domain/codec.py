@@ -79,8 +79,12 @@ def _fast_default(obj: Any) -> Any:
     return _default(obj)
 
 
+_SCALARS = frozenset({str, int, bool, type(None), Decimal})
+
+
 def _has_non_finite_float(obj: Any) -> bool:
-    """Does `obj` hold a NaN or infinite float anywhere (orjson writes them as null)?"""
+    """Does `obj` hold a NaN or infinite float anywhere orjson reaches (it writes them as
+    null): containers, their subclasses, and records (what `_default` encodes)."""
     pending = [obj]
     while pending:
         item = pending.pop()
@@ -89,8 +93,17 @@ def _has_non_finite_float(obj: Any) -> bool:
             pending.extend(item.values())
         elif kind is list or kind is tuple:
             pending.extend(item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            return True
+        elif kind in _SCALARS:
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(item)
+        elif hasattr(item, "__dict__"):  # a record: its fields, without building its dict
+            pending.extend(vars(item).values())
     return False
 
 

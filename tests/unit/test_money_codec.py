@@ -534,3 +534,18 @@ def test_dumps_keeps_a_payment_row_as_the_exact_encoder_does() -> None:
     assert codec.dumps(value) == codec.exact_dumps(value)
     del value["customer_id"]  # now pure ASCII: the fast path's own bytes
     assert codec.dumps(value) == codec.exact_dumps(value)
+
+
+def test_dumps_finds_a_non_finite_float_in_subclasses_sets_and_records() -> None:
+    from collections import OrderedDict
+
+    from orchestrator_app.domain.records import Command
+
+    command = Command(kind="TIMER", payment_id="p-1", command_id="c-1",
+                      issued_at="2026-12-03T00:00:00Z", retry_after=float("nan"))
+    for value in (OrderedDict(a=float("inf")), {"s": {float("nan")}}, {"c": command}, command):
+        with pytest.raises(ValueError):
+            codec.dumps(value)
+    finite = Command(kind="TIMER", payment_id="p-1", command_id="c-1",
+                     issued_at="2026-12-03T00:00:00Z", retry_after=1.5)
+    assert codec.dumps({"c": finite}) == codec.exact_dumps({"c": finite})
