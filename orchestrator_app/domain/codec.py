@@ -9,7 +9,8 @@ text): a payment row took 40 us with simplejson and 13 us this way, and every ro
 NATS request is encoded on the hot path. Its output is kept only when it is what simplejson
 writes (pure ASCII, no non-finite float turned into ``null``); anything else — non-ASCII
 text, integers beyond 64 bits, non-string keys, NaN or Infinity — takes the simplejson path,
-so the bytes and the refusals are simplejson's either way.
+so the bytes and the refusals are simplejson's either way (except that orjson also encodes
+UUIDs and plain enums, which simplejson refuses; no record holds one).
 """
 
 from __future__ import annotations
