@@ -103,8 +103,10 @@ def _has_non_finite_float(obj: Any) -> bool:
             pending.extend(item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
             pending.extend(item)
-        elif hasattr(item, "__dict__"):  # a record: its fields, without building its dict
-            pending.extend(vars(item).values())
+        elif hasattr(item, "to_representation"):  # a record, as `_default` encodes it:
+            pending.extend(vars(item).values())  # its fields, without building its dict
+        # anything else orjson encoded itself is a scalar (an enum, a UUID, a str or int
+        # subclass); walking its attributes could loop (an enum member's class holds it)
     return False
 
 

@@ -549,3 +549,13 @@ def test_dumps_finds_a_non_finite_float_in_subclasses_sets_and_records() -> None
     finite = Command(kind="TIMER", payment_id="p-1", command_id="c-1",
                      issued_at="2026-12-03T00:00:00Z", retry_after=1.5)
     assert codec.dumps({"c": finite}) == codec.exact_dumps({"c": finite})
+
+
+def test_dumps_of_an_enum_beside_a_null_is_simplejsons() -> None:
+    import enum
+
+    class Kind(enum.StrEnum):  # its member's attributes lead back to itself
+        A = "a"
+
+    value = {"kind": Kind.A, "none": None, "f": 1.5}
+    assert codec.dumps(value) == codec.exact_dumps(value) == b'{"kind":"a","none":null,"f":1.5}'
