@@ -76,6 +76,7 @@ def _with_fetch_wait(thread: faust_aiokafka.AIOKafkaConsumerThread, transport: o
     ``CONSUMER_FETCH_MAX_WAIT_MS``); aiokafka reads the attribute when the consumer starts."""
     consumer = _create_worker_consumer(thread, transport)
     consumer._fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms
+    consumer._fetch_min_bytes = settings.consumer_fetch_min_bytes
     return consumer
 
 

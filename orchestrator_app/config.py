@@ -126,6 +126,9 @@ class Settings:
     #: fetch to return, so with standby changelogs in the same consumer, payments waited
     #: ~1.2 s on average between payment.created and the saga (DESIGN §7, measured).
     consumer_fetch_max_wait_ms: int = 100
+    #: How many bytes a fetch waits for at the broker (up to the fetch wait) before it
+    #: returns. 1 (Kafka's default) returns with the first record.
+    consumer_fetch_min_bytes: int = 1
     #: Buffered sends after which Faust pauses the streams until the producer catches up.
     producer_buffer_max: int = 2000
     max_event_bytes: int = 65536
@@ -378,6 +381,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PRODUCER_LINGER_MS": ("producer_linger", _milliseconds),
     "ROW_WRITE_DELAY_MS": ("row_write_delay", _milliseconds),
     "CONSUMER_FETCH_MAX_WAIT_MS": ("consumer_fetch_max_wait_ms", _fetch_wait),
+    "CONSUMER_FETCH_MIN_BYTES": ("consumer_fetch_min_bytes", _positive_int),
     "PRODUCER_BUFFER_MAX": ("producer_buffer_max", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
     "API_TOKEN": ("api_tokens", _tokens),

@@ -65,6 +65,7 @@ def test_defaults() -> None:
     assert s.topic_config == {"min.insync.replicas": "2"}
     assert s.gc_gen0_threshold == 10000
     assert s.table_standby_buffer_size == 1000
+    assert (s.consumer_fetch_max_wait_ms, s.consumer_fetch_min_bytes) == (100, 1)
 
 
 def test_values_are_read() -> None:
@@ -81,7 +82,9 @@ def test_values_are_read() -> None:
         TABLE_STORE="memory://",
         GC_GEN0_THRESHOLD="700",
         TABLE_STANDBY_BUFFER_SIZE="10",
+        CONSUMER_FETCH_MIN_BYTES="32768",
     )
+    assert s.consumer_fetch_min_bytes == 32768
     assert s.gc_gen0_threshold == 700
     assert s.table_standby_buffer_size == 10
     assert s.log_format == "text"
@@ -199,6 +202,8 @@ def test_required_are_the_spec_servers() -> None:
         ("GC_GEN0_THRESHOLD", "lots"),
         ("TABLE_STANDBY_BUFFER_SIZE", "0"),
         ("TABLE_STANDBY_BUFFER_SIZE", "ten"),
+        ("CONSUMER_FETCH_MIN_BYTES", "0"),
+        ("CONSUMER_FETCH_MIN_BYTES", "32k"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, raw: str) -> None:
@@ -338,3 +343,20 @@ def test_min_insync_above_the_replication_factor_is_refused() -> None:
     err = error_for({**BASE, "TOPIC_REPLICATION_FACTOR": "1"})  # min.insync stays 2
     assert err.variable == "TOPIC_MIN_INSYNC_REPLICAS"
     assert "TOPIC_REPLICATION_FACTOR" in err.problem
+
+
+async def test_the_worker_consumer_gets_the_fetch_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust builds its consumer with fixed fetch values; ours replace them (app.py)."""
+    import dataclasses
+
+    from orchestrator_app import app as app_module
+
+    monkeypatch.setattr(app_module, "settings", dataclasses.replace(
+        app_module.settings, consumer_fetch_max_wait_ms=25, consumer_fetch_min_bytes=4096))
+    thread = app_module.app.consumer._thread
+    consumer = thread._create_worker_consumer(app_module.app.transport)
+    try:
+        assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (25, 4096)
+    finally:
+        await consumer.stop()  # never started: this only releases it
