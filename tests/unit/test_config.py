@@ -65,7 +65,7 @@ def test_defaults() -> None:
     assert s.topic_config == {"min.insync.replicas": "2"}
     assert s.gc_gen0_threshold == 10000
     assert s.table_standby_buffer_size == 1000
-    assert (s.consumer_fetch_max_wait_ms, s.consumer_fetch_min_bytes) == (100, 1)
+    assert (s.consumer_fetch_max_wait_ms, s.consumer_fetch_min_bytes) == (50, 16384)
 
 
 def test_values_are_read() -> None:
