@@ -71,16 +71,18 @@ app.producer.buffer.max_messages = settings.producer_buffer_max
 _create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
-def _with_fetch_wait(thread: faust_aiokafka.AIOKafkaConsumerThread, transport: object) -> object:
-    """Faust's worker consumer with our fetch wait instead of its fixed 1.5 s (see config:
-    ``CONSUMER_FETCH_MAX_WAIT_MS``); aiokafka reads the attribute when the consumer starts."""
+def _with_fetch_settings(thread: faust_aiokafka.AIOKafkaConsumerThread,
+                         transport: object) -> object:
+    """Faust's worker consumer with our fetch wait and minimum instead of its fixed 1.5 s and
+    1 byte (see config: ``CONSUMER_FETCH_MAX_WAIT_MS``, ``CONSUMER_FETCH_MIN_BYTES``);
+    aiokafka reads the attributes when the consumer starts."""
     consumer = _create_worker_consumer(thread, transport)
     consumer._fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms
     consumer._fetch_min_bytes = settings.consumer_fetch_min_bytes
     return consumer
 
 
-faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _with_fetch_wait  # type: ignore[method-assign,assignment]
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _with_fetch_settings  # type: ignore[method-assign,assignment]
 
 
 @app.task
