@@ -10,15 +10,18 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.faults.servers import PrivatePostgres
 from tests.faults.util import (
     HAPPY,
     count_in_state,
     created_items,
+    db_rows,
     fetch,
     ids,
     produce_steady,
+    read_to_end,
     states_via_api,
     wait_db_exact,
     wait_until,
@@ -37,6 +40,45 @@ OUTAGE_MAX = 30.0
 PRODUCE_DURING = 10.0  # the outage payments go out over this long
 KILL_AT = 8.0  # seconds into the outage
 SAMPLE_PER_PARTITION = 2
+
+
+async def diagnose(url: str, brokers: str, env: dict[str, str], survivor: WorkerProcess,
+                   payment_ids: list[str]) -> str:
+    """Where each payment PostgreSQL lacks got to: the survivor's API, its records on every
+    topic of this test (input, commands, changelog, state changes, dead letters), and each
+    group's committed offsets against the end offsets (which stage lost it)."""
+    states, history = await db_rows(url, payment_ids)
+    wrong = [p for p in payment_ids if p not in states or len(history.get(p, [])) != 5][:5]
+    answers = await states_via_api(survivor, wrong)
+    lines = []
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        topics = sorted(t for t in await admin.list_topics()
+                        if t.startswith((env["TOPIC_PREFIX"], env["APP_ID"])))
+        for topic in topics:
+            records = await read_to_end(brokers, topic)
+            ends: dict[int, int] = {}
+            for r in records:
+                ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+            lines.append(f"{topic}: {len(records)} records, ends {sorted(ends.items())}")
+            for pid in wrong:
+                found = [(r.partition, r.offset, (r.value or b"")[:120]) for r in records
+                         if r.key is not None and pid.encode() in r.key]
+                if found:
+                    lines.append(f"{pid} on {topic}: {found}")
+        for group in (env["APP_ID"], f"{env['APP_ID']}-sink"):
+            offsets = await admin.list_consumer_group_offsets(group)
+            lines.append(f"group {group} committed: " + ", ".join(
+                f"{tp.topic}[{tp.partition}]={meta.offset}"
+                for tp, meta in sorted(offsets.items())))
+    finally:
+        await admin.close()
+    for pid in wrong:
+        status, body = answers[pid]
+        lines.append(f"{pid} (partition {partition_of(pid)}) via the survivor's API: {status} "
+                     f"{body.get('current_state')} v{body.get('version')}")
+    return "\n".join(lines) + f"\nsurvivor log:\n{survivor.log_tail(40)}"
 
 
 def completions(worker: WorkerProcess) -> float:
@@ -124,7 +166,11 @@ async def test_database_outage_with_a_worker_killed_during_it(
           f"its API before the restart, the last "
           f"{max(completed_during_outage.values(), default=float('nan')):.1f}s into the outage")
 
-    caught_up = await wait_db_exact(pg.url, dict.fromkeys(everything, HAPPY), 180)
+    try:
+        caught_up = await wait_db_exact(pg.url, dict.fromkeys(everything, HAPPY), 180)
+    except AssertionError as exc:
+        where = await diagnose(pg.url, kafka_brokers, env, survivor, everything)
+        raise AssertionError(f"{exc}\n{where}") from None
     print(f"catch-up: PostgreSQL held all {len(everything)} payments exactly "
           f"{caught_up:.1f}s after the restart ({time.monotonic() - started:.1f}s in all)")
     rows = await fetch(pg.url, "SELECT count(*) AS n FROM payment_state_history")
