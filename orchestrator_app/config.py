@@ -248,6 +248,18 @@ def _fetch_wait(raw: str) -> int:
     return value
 
 
+#: aiokafka's ``fetch_max_bytes``: a fetch that waits for more than it may return always
+#: waits the whole window.
+_FETCH_MAX_BYTES = 52_428_800
+
+
+def _fetch_min_bytes(raw: str) -> int:
+    value = _int(raw)
+    if not 1 <= value <= _FETCH_MAX_BYTES:
+        raise ValueError(f"must be a whole number of bytes from 1 to {_FETCH_MAX_BYTES}")
+    return value
+
+
 def _factor(raw: str) -> float:
     value = _float(raw)
     if not 1.0 <= value < 100.0:
@@ -385,7 +397,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "PRODUCER_LINGER_MS": ("producer_linger", _milliseconds),
     "ROW_WRITE_DELAY_MS": ("row_write_delay", _milliseconds),
     "CONSUMER_FETCH_MAX_WAIT_MS": ("consumer_fetch_max_wait_ms", _fetch_wait),
-    "CONSUMER_FETCH_MIN_BYTES": ("consumer_fetch_min_bytes", _positive_int),
+    "CONSUMER_FETCH_MIN_BYTES": ("consumer_fetch_min_bytes", _fetch_min_bytes),
     "PRODUCER_BUFFER_MAX": ("producer_buffer_max", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
     "API_TOKEN": ("api_tokens", _tokens),

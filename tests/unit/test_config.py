@@ -204,6 +204,8 @@ def test_required_are_the_spec_servers() -> None:
         ("TABLE_STANDBY_BUFFER_SIZE", "ten"),
         ("CONSUMER_FETCH_MIN_BYTES", "0"),
         ("CONSUMER_FETCH_MIN_BYTES", "32k"),
+        ("CONSUMER_FETCH_MIN_BYTES", "52428801"),
+        ("CONSUMER_FETCH_MIN_BYTES", "2147483648"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, raw: str) -> None:
