@@ -16,12 +16,15 @@ topic, which re-keys it; with ``INGEST_DIRECT=false`` every event is.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
+from agents.continuity import skipped_before
 from agents.outbound import outbound
 from agents.saga import apply_traced
 from orchestrator_app import clock, metrics, telemetry
 from orchestrator_app.app import app, settings
+from orchestrator_app.continuity import Continuity
 from orchestrator_app.deadletter import dead_letter, position_of
 from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated, SourceRef
 from orchestrator_app.domain.saga import create_command_id
@@ -83,24 +86,31 @@ def reject(raw: bytes, key: bytes | None, source: SourceRef, code: str, detail: 
 
 
 async def _ingest(stream: Any) -> None:
+    continuity = Continuity()
     async for event in stream.events():
         message = event.message
-        raw: bytes = event.value if isinstance(event.value, bytes) else b""
-        command = created_command(raw, message.key, position_of(message))
-        if command is None:
-            continue
-        if telemetry.enabled():  # the producer's trace, else one derived from the id
-            command.traceparent = telemetry.payment_traceparent(
-                command.payment_id, telemetry.traceparent_of(message.headers))
-        if not copartitioned(command, message.key, message.partition):
-            send_command(command)  # the re-keying hop: onto its payment's partition
-            continue
-        await outbound.room()  # backpressure: the CREATE starts a fraud check
-        try:
-            apply_traced(command, message)
-        except Exception as exc:  # a bug: dead-letter the event, keep the partition moving
-            log.exception("saga failed on a CREATE")
-            dead_letter_event("saga", event, exc)
+        for record in await skipped_before(message, continuity):
+            await _handle(record.value or b"", record)
+        await _handle(event.value if isinstance(event.value, bytes) else b"", message)
+
+
+async def _handle(raw: bytes, message: Any) -> None:
+    """One ``payment.created`` record: a Faust message, or a record read again."""
+    command = created_command(raw, message.key, position_of(message))
+    if command is None:
+        return
+    if telemetry.enabled():  # the producer's trace, else one derived from the id
+        command.traceparent = telemetry.payment_traceparent(
+            command.payment_id, telemetry.traceparent_of(message.headers))
+    if not copartitioned(command, message.key, message.partition):
+        send_command(command)  # the re-keying hop: onto its payment's partition
+        return
+    await outbound.room()  # backpressure: the CREATE starts a fraud check
+    try:
+        apply_traced(command, message)
+    except Exception as exc:  # a bug: dead-letter the event, keep the partition moving
+        log.exception("saga failed on a CREATE")
+        dead_letter_event("saga", SimpleNamespace(message=message), exc)
 
 
 ingest = app.agent(payment_created, name="agents.ingest.ingest")(_ingest)

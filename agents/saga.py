@@ -22,13 +22,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 from opentelemetry.trace import SpanKind
 
+from agents.continuity import skipped_before
 from agents.outbound import outbound
 from orchestrator_app import clock, metrics, pending, telemetry
 from orchestrator_app.app import app
+from orchestrator_app.continuity import Continuity
 from orchestrator_app.deadletter import dead_letter
 from orchestrator_app.domain.records import Command
 from orchestrator_app.domain.saga import Outcome, Status, apply
@@ -191,18 +194,26 @@ outbound.deliver = deliver
 
 
 async def _saga(stream: Any) -> None:
+    continuity = Continuity()
     async for event in stream.events():
-        await outbound.room()  # backpressure: bounded NATS calls in flight
-        command = command_of(event)
-        if command is None:
-            continue
-        try:
-            apply_traced(command, event.message)
-        except Exception as exc:  # a bug: dead-letter the command, keep the partition moving
-            log.exception("saga failed on a %s command", getattr(command, "kind", "?"))
-            dead_letter_event("saga", event, exc)
-            pending.resolve(getattr(command, "command_id", ""), False, "internal error")
-        metrics.child(metrics.messages_processed, "orchestrator-commands").inc()
+        for record in await skipped_before(event.message, continuity):
+            await _handle(SimpleNamespace(message=record, value=record.value))
+        await _handle(event)
+
+
+async def _handle(event: Any) -> None:
+    """One command: a Faust event, or a record read again (``message`` and raw ``value``)."""
+    await outbound.room()  # backpressure: bounded NATS calls in flight
+    command = command_of(event)
+    if command is None:
+        return
+    try:
+        apply_traced(command, event.message)
+    except Exception as exc:  # a bug: dead-letter the command, keep the partition moving
+        log.exception("saga failed on a %s command", getattr(command, "kind", "?"))
+        dead_letter_event("saga", event, exc)
+        pending.resolve(getattr(command, "command_id", ""), False, "internal error")
+    metrics.child(metrics.messages_processed, "orchestrator-commands").inc()
 
 
 saga = app.agent(commands, name="agents.saga.saga")(_saga)

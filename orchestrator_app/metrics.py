@@ -151,6 +151,13 @@ outbound_inflight = Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+input_records_replayed = Counter(
+    "payment_input_records_replayed",
+    "Input records the consumer skipped, read again from the broker and handled before the "
+    "record after them (agents/continuity.py); each means Faust dropped a record.",
+    ["topic"],
+    registry=REGISTRY,
+)
 stalled_partitions_recovered = Counter(
     "payment_stalled_partitions_recovered",
     "Stream partitions read again from their committed offset because fetched records were "

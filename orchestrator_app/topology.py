@@ -21,8 +21,9 @@ __all__ = [
 #: What a complete worker has (a test checks it), whatever INGEST_DIRECT says.
 EXPECTED_AGENTS = frozenset({"agents.ingest.ingest", "agents.saga.saga"})
 #: Services that are not Faust agents: the sink is its own Kafka consumer (its docstring
-#: says why).
-EXPECTED_SERVICES = frozenset({"agents.postgres_sink.postgres_sink"})
+#: says why); the range reader reads again what an agent's stream skipped.
+EXPECTED_SERVICES = frozenset({"agents.postgres_sink.postgres_sink",
+                               "agents.continuity.range_reader"})
 EXPECTED_TABLES = frozenset({"payments"})
 
 
@@ -37,6 +38,7 @@ MODULES = (
     "agents.fraud",
     "agents.processor",
     "agents.outbound",
+    "agents.continuity",
     "agents.saga",
     "agents.ingest",
     "agents.timers",

@@ -25,10 +25,9 @@ print(json.dumps({
     "agents": sorted(app.agents),
     "guarded": sorted(name for name, agent in app.agents.items()
                       if agent._on_error.__qualname__ == "on_agent_error"),
-    "services": sorted(f"{type(s).__module__}.{n}" for n, s in
-                       ((n, getattr(__import__(m, fromlist=[n]), n)) for m, n in
-                        (x.rsplit(".", 1) for x in topology.EXPECTED_SERVICES))
-                       if s in app._extra_services),
+    "services": sorted(f"{m}.{n}" for m, n in
+                       (x.rsplit(".", 1) for x in topology.EXPECTED_SERVICES)
+                       if getattr(__import__(m, fromlist=[n]), n) in app._extra_services),
     "tables": sorted(app.tables),
     "debug_pages": [app.conf.web_tables_enabled, app.conf.web_stats_enabled,
                     app.conf.web_router_enabled],
