@@ -3,12 +3,14 @@ exactly the skipped offsets, none where the log has a transaction marker, in ord
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
@@ -61,6 +63,20 @@ async def send(brokers: str, topic: str, keys: list[str], partition: int = 1,
         await producer.stop()
 
 
+async def wait_for_end(brokers: str, topic: str, partition: int, end: int,
+                       timeout: float = 30.0) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+    await consumer.start()
+    tp = TopicPartition(topic, partition)
+    try:
+        deadline = time.monotonic() + timeout
+        while (await consumer.end_offsets([tp]))[tp] < end:
+            assert time.monotonic() < deadline, f"{topic}[{partition}] never reached {end}"
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+
+
 async def test_reads_exactly_the_range(kafka_brokers: str, topic: str,
                                        reader: RangeReader) -> None:
     await send(kafka_brokers, topic, [f"k{i}" for i in range(10)])
@@ -76,6 +92,9 @@ async def test_reads_exactly_the_range(kafka_brokers: str, topic: str,
 async def test_a_transaction_marker_reads_back_as_no_record(
         kafka_brokers: str, topic: str, reader: RangeReader) -> None:
     await send(kafka_brokers, topic, ["a", "b"], transactional=True)  # offsets 0, 1; marker 2
+    # The coordinator writes the commit marker after the commit returns: wait for it, so
+    # the next record lands after it.
+    await wait_for_end(kafka_brokers, topic, 1, 3)
     await send(kafka_brokers, topic, ["c"])  # offset 3
     records = await reader.read(topic, 1, 0, 4)
     assert [(r.offset, r.key) for r in records] == [(0, b"a"), (1, b"b"), (3, b"c")]
