@@ -30,7 +30,7 @@ from orchestrator_app.domain.records import Command, CommandKind, PaymentCreated
 from orchestrator_app.domain.saga import create_command_id
 from orchestrator_app.domain.validation import Invalid, validate_created
 from orchestrator_app.supervision import dead_letter_event
-from orchestrator_app.topics import payment_created, payment_created_dlq, send_command
+from orchestrator_app.topics import effects, payment_created, payment_created_dlq, send_command
 from tables.keyed import partition_of
 
 __all__ = ["copartitioned", "created_command", "ingest", "reject", "to_command"]
@@ -106,6 +106,7 @@ async def _handle(raw: bytes, message: Any) -> None:
         send_command(command)  # the re-keying hop: onto its payment's partition
         return
     await outbound.room()  # backpressure: the CREATE starts a fraud check
+    await effects.room()  # and sends its first state change
     try:
         apply_traced(command, message)
     except Exception as exc:  # a bug: dead-letter the event, keep the partition moving

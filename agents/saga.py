@@ -41,9 +41,11 @@ from orchestrator_app.supervision import dead_letter_event
 from orchestrator_app.telemetry import tracer
 from orchestrator_app.topics import (
     commands,
+    effects,
     notifications,
     payment_created_dlq,
     send_command,
+    send_effect,
     state_changed,
 )
 from tables.keyed import local_partition, writing_partition
@@ -98,13 +100,11 @@ def handle_command(command: Command) -> Outcome:
     # Re-sent for duplicates too: a crash may have lost them; consumers dedupe by id.
     headers = telemetry.header_list() if telemetry.enabled() else None
     for event in outcome.events:
-        state_changed.send_soon(key=event.payment_id, value=event.dumps(),
-                                callback=acknowledged, headers=headers)
+        send_effect(state_changed, event.payment_id, event.dumps(), headers, acknowledged)
     # NATS calls run as background tasks of this worker; outcomes come back to `deliver`.
     outbound.start_all(outcome.fraud_requests, outcome.process_requests)
     for note in outcome.notifications:
-        notifications.send_soon(key=note.payment_id, value=note.dumps(),
-                                callback=acknowledged)
+        send_effect(notifications, note.payment_id, note.dumps(), None, acknowledged)
         metrics.child(metrics.notifications_sent, note.audience, note.event).inc()
 
     metrics.child(metrics.command_latency,
@@ -204,6 +204,7 @@ async def _saga(stream: Any) -> None:
 async def _handle(event: Any) -> None:
     """One command: a Faust event, or a record read again (``message`` and raw ``value``)."""
     await outbound.room()  # backpressure: bounded NATS calls in flight
+    await effects.room()  # and bounded effects not yet acknowledged
     command = command_of(event)
     if command is None:
         return

@@ -135,6 +135,9 @@ class Settings:
     consumer_fetch_min_bytes: int = 16384
     #: Buffered sends after which Faust pauses the streams until the producer catches up.
     producer_buffer_max: int = 2000
+    #: The saga's state changes and notifications sent and not yet acknowledged, after which
+    #: the agents wait (they skip Faust's buffer: `orchestrator_app.clients.kafka_lane`).
+    producer_unacked_max: int = 20000
     max_event_bytes: int = 65536
     api_tokens: tuple[str, ...] = ()
     #: Tokens that may only read (GET /payments); API_TOKEN tokens may read too.
@@ -399,6 +402,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "CONSUMER_FETCH_MAX_WAIT_MS": ("consumer_fetch_max_wait_ms", _fetch_wait),
     "CONSUMER_FETCH_MIN_BYTES": ("consumer_fetch_min_bytes", _fetch_min_bytes),
     "PRODUCER_BUFFER_MAX": ("producer_buffer_max", _positive_int),
+    "PRODUCER_UNACKED_MAX": ("producer_unacked_max", _positive_int),
     "MAX_EVENT_BYTES": ("max_event_bytes", _positive_int),
     "API_TOKEN": ("api_tokens", _tokens),
     "API_READ_TOKEN": ("api_read_tokens", _tokens),

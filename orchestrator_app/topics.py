@@ -13,15 +13,20 @@ from typing import Any
 import faust
 
 from orchestrator_app.app import app, settings
+from orchestrator_app.clients.kafka_lane import KafkaLane
 from orchestrator_app.domain.records import Command
+from orchestrator_app.partitioning import key_hash
+from orchestrator_app.supervision import produce_failed
 
 __all__ = [
     "ALL_TOPICS",
     "commands",
     "dead_letters",
+    "effects",
     "notifications",
     "payment_created",
     "payment_created_dlq",
+    "send_effect",
     "sink_dlq",
     "state_changed",
 ]
@@ -90,6 +95,19 @@ def send_command(command: Command) -> None:
     producer before it commits the input that led here.
     """
     commands.send_soon(key=command.payment_id, value=command)
+
+
+#: The saga's effects (state changes, notifications) go straight into the producer's
+#: batches: a payment's five events skip Faust's per-record send path (see the module).
+effects = KafkaLane(lambda: app.producer._producer, key_hash, produce_failed,
+                    settings.producer_unacked_max)
+
+
+def send_effect(topic: faust.TopicT, payment_id: str, value: bytes,
+                headers: list[tuple[str, bytes]] | None, callback: Any) -> None:
+    """One state change or notification, keyed by its payment; not awaited, and flushed
+    with the producer before any commit (`effects.room()` is the backpressure)."""
+    effects.send(topic.get_topic_name(), payment_id.encode(), value, headers, callback)
 
 
 ALL_TOPICS = [

@@ -20,6 +20,7 @@ from faust.stores.base import SerializedStore
 from orchestrator_app.app import app, settings
 from orchestrator_app.domain.records import Payment, Timer
 from orchestrator_app.domain.saga import timer_of
+from orchestrator_app.topics import effects
 from tables.keyed import partition_of, payment_keyed_table, writing_partition
 
 __all__ = ["LiveRows", "flush_rows_too", "live_rows", "payments", "pending_timers"]
@@ -201,6 +202,7 @@ def flush_rows_too(producer: Any) -> None:
             await producer._producer.flush()
 
     async def flush_with_rows() -> None:
+        await effects.drained()  # the saga's effects sent before the topic's metadata came
         await upto(last[0])
         # Acknowledgement callbacks run on the next loop turns; they release the rows,
         # which are then written now rather than after their delay.

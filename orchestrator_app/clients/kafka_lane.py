@@ -1,0 +1,165 @@
+"""Records appended straight to the producer's batches: the saga's state changes and
+notifications, past Faust's per-record send path.
+
+Why. A record sent through Faust (``send_soon``) becomes a future message in a buffer that a
+background task drains, each record one ``publish_message`` and one awaited
+``AIOKafkaProducer.send`` with its metadata wait, serialization and partitioning: measured
+(py-spy, one worker at peak) ~12 % of a worker's CPU for a payment's six sends. Here a
+record is appended, synchronously, to the aiokafka batch of its partition — what
+``AIOKafkaProducer.send`` does in the end — and its acknowledgement callback hangs on that
+record's own delivery future.
+
+What still holds:
+
+* **Order per partition**: appends are synchronous, in call order; a record sent before the
+  topic's metadata is known waits in a backlog that keeps every later record behind it.
+* **Nothing committed past an unacknowledged record**: the records are in the producer's
+  accumulator at once, so the producer's flush — which Faust awaits before committing
+  offsets or giving up partitions — waits for them too.
+* **A refused record stops the worker** (`on_failure`), as for Faust's sends
+  (`orchestrator_app.supervision.guard_producer`).
+* **Backpressure**: `room` waits while more than `limit` records are unacknowledged (the
+  accumulator itself would only make a sender wait on a full batch).
+
+It reads two aiokafka internals (the accumulator's per-partition batch queues, and a
+batch's ``append``): ``aiokafka`` is pinned below 0.15, and the integration test
+(``tests/integration/test_kafka_lane.py``) reads back what the lane wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError, ProducerClosed
+
+__all__ = ["KafkaLane"]
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Any], None]
+Headers = list[tuple[str, bytes]]
+
+
+class KafkaLane:
+    def __init__(self, producer: Callable[[], Any], key_hash: Callable[[bytes], int],
+                 on_failure: Callable[[BaseException], None], limit: int = 20_000) -> None:
+        """`producer` returns the started ``AIOKafkaProducer`` (None before it starts);
+        `key_hash` is the default partitioner's hash (the partition is hash % count)."""
+        self._producer = producer
+        self._key_hash = key_hash
+        self._on_failure = on_failure
+        self.limit = limit
+        self._partitions: dict[str, int] = {}
+        self._backlog: deque[tuple[str, bytes, bytes, Headers, Callback | None]] = deque()
+        self._draining: asyncio.Task[None] | None = None
+        self._unacked = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        """Records sent and not yet acknowledged (the backlog included)."""
+        return self._unacked
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None,
+             callback: Callback | None = None) -> None:
+        """Append one record; `callback(metadata)` runs once the broker has it."""
+        self._unacked += 1
+        if self._unacked >= self.limit:
+            self._room.clear()
+        if self._backlog or topic not in self._partitions:
+            self._backlog.append((topic, key, value, headers or [], callback))
+            self._drain_soon()
+            return
+        try:
+            self._append(topic, key, value, headers or [], callback)
+        except Exception as exc:  # a record that cannot be sent stops the worker
+            self._on_failure(exc)
+            raise
+
+    async def room(self) -> None:
+        """Wait until fewer than `limit` records are unacknowledged (cheap when so)."""
+        if not self._room.is_set():
+            await self._room.wait()
+
+    async def drained(self) -> None:
+        """Wait until the backlog is in the producer's batches (where its flush sees it)."""
+        while self._backlog:
+            if self._draining is None or self._draining.done():
+                self._drain_soon()
+            assert self._draining is not None
+            await asyncio.shield(self._draining)
+
+    def _append(self, topic: str, key: bytes, value: bytes, headers: Headers,
+                callback: Callback | None) -> None:
+        producer = self._producer()
+        accumulator = producer._message_accumulator
+        if accumulator._closed or accumulator._exception is not None:
+            raise accumulator._exception or ProducerClosed()
+        if len(key) + len(value) > producer._max_request_size:  # as send() refuses it
+            raise MessageSizeTooLargeError(
+                f"a record of {len(key) + len(value)} B is over the producer's "
+                f"max_request_size ({producer._max_request_size} B)")
+        tp = TopicPartition(topic, self._key_hash(key) % self._partitions[topic])
+        queue = accumulator._batches.get(tp)
+        future = queue[-1].append(key, value, None, headers=headers) if queue else None
+        if future is None:  # no open batch for the partition, or it is full: a new one
+            batch = accumulator._append_batch(accumulator.create_builder(), tp)
+            future = batch.append(key, value, None, headers=headers)
+            if future is None:  # an empty batch takes any record: not expected
+                raise RuntimeError("a new producer batch refused a record")
+        future.add_done_callback(self._delivered if callback is None
+                                 else _then(self._delivered, callback))
+
+    def _delivered(self, future: asyncio.Future[Any]) -> None:
+        self._unacked -= 1
+        if self._unacked < self.limit:
+            self._room.set()
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            self._on_failure(error)
+
+    def _drain_soon(self) -> None:
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        """Learn the partition counts the backlog needs, then append it in order."""
+        delay = 0.05
+        while self._backlog:
+            topic = self._backlog[0][0]
+            if topic not in self._partitions:
+                producer = self._producer()
+                try:
+                    if producer is None:
+                        raise RuntimeError("the producer is not started")
+                    self._partitions[topic] = len(await producer.partitions_for(topic))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # not yet: the broker is starting, or moving
+                    log.warning("partitions of %s not known yet (%s); retrying",
+                                topic, exc.__class__.__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+            while self._backlog and self._backlog[0][0] in self._partitions:
+                try:
+                    self._append(*self._backlog.popleft())
+                except Exception as exc:  # never quietly: the worker stops (on_failure)
+                    self._on_failure(exc)
+                    raise
+
+
+def _then(first: Callable[[Any], None], second: Callback) -> Callable[[Any], None]:
+    def both(future: Any) -> None:
+        first(future)
+        if not future.cancelled() and future.exception() is None:
+            second(future.result())
+
+    return both
