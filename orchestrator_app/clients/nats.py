@@ -122,9 +122,11 @@ class NatsClient(faust.Service):
             # W3C trace context of the caller's span, when tracing is on (the responder
             # continues the payment's trace).
             headers = (telemetry.headers() or None) if telemetry.enabled() else None
-            message = await asyncio.wait_for(
-                nc.request(subject, payload, timeout=remaining, headers=headers),
-                remaining + 0.5)
+            # A deadline on this task, not wait_for: that ran the request as a task of its
+            # own, one more per call (two calls a payment).
+            async with asyncio.timeout(remaining + 0.5):
+                message = await nc.request(subject, payload, timeout=remaining,
+                                           headers=headers)
         except NoRespondersError:
             raise ServiceUnavailable(f"no responder on {subject}") from None
         except (NatsTimeout, TimeoutError):

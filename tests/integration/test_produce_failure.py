@@ -75,3 +75,35 @@ async def test_a_refused_produce_exits_the_worker_before_committing(
     big_offset = 1 if partition_of(big) == partition_of(small) else 0
     offset = await committed(kafka_brokers, env["APP_ID"], tp)
     assert (offset or 0) <= big_offset, (offset, big_offset)
+
+
+async def test_a_refused_state_change_exits_the_worker_before_committing(
+    kafka_brokers: str, worker_env: Callable[..., dict[str, str]],
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The same for the saga's effects, which skip Faust's send path (`KafkaLane`): here
+    the broker refuses every state change (any record batch is over 100 bytes)."""
+    env = worker_env(kafka_brokers)
+    prefix = env["TOPIC_PREFIX"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(
+            prefix + "payment.state.changed", num_partitions=4, replication_factor=1,
+            topic_configs={"max.message.bytes": "100"})])
+    finally:
+        await admin.close()
+    worker = spawn_worker(env)
+    worker.wait_healthy()
+
+    payment = f"refused-{uuid.uuid4().hex[:8]}"
+    await produce(kafka_brokers, prefix + "payment.created",
+                  [(payment.encode(), created_event(payment, "2.00"))])
+    assert worker.proc is not None
+    status = await asyncio.to_thread(worker.proc.wait, 60)
+    assert status == EXIT_PRODUCE_FAILED, worker.log_tail()
+    assert "could not be produced" in worker.log_path.read_text(errors="replace")
+
+    # Its input's offset was never committed: a restarted worker applies it again.
+    tp = TopicPartition(prefix + "payment.created", partition_of(payment))
+    assert (await committed(kafka_brokers, env["APP_ID"], tp) or 0) == 0
