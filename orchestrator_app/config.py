@@ -158,6 +158,9 @@ class Settings:
     #: 2 GiB per database: a worker that read its whole table once (the timer rebuild after
     #: a rebalance did) grew by the table's size.
     rocksdb_block_cache_mb: int = 32
+    #: RocksDB's write-ahead log for the tables. Off: the changelog topic is what a table is
+    #: recovered from, so the log only cost a write() per row and per persisted offset.
+    rocksdb_wal: bool = False
     #: Python's generation-0 collection threshold once the worker has started (its default
     #: is 700). A worker allocates objects for every record, so with 700 it collected
     #: ~50 times a second; collections are rarer and their total cost smaller with more.
@@ -411,6 +414,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TABLE_STANDBY_REPLICAS": ("table_standby_replicas", _non_negative_int),
     "TABLE_STANDBY_BUFFER_SIZE": ("table_standby_buffer_size", _positive_int),
     "ROCKSDB_BLOCK_CACHE_MB": ("rocksdb_block_cache_mb", _positive_int),
+    "ROCKSDB_WAL": ("rocksdb_wal", _bool),
     "GC_GEN0_THRESHOLD": ("gc_gen0_threshold", _positive_int),
     "INGEST_DIRECT": ("ingest_direct", _bool),
     "MAX_CIRCUIT_WAITS": ("max_circuit_waits", _positive_int),

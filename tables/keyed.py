@@ -9,6 +9,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
 from faust.streams import _current_event
 
 from orchestrator_app.app import app, settings
@@ -35,6 +37,31 @@ def partition_of(payment_id: str) -> int:
     """Kafka's default partitioner on the raw key: the partition of a payment's commands,
     table rows and events (every topic has ``TOPIC_PARTITIONS`` partitions)."""
     return key_hash(payment_id.encode()) % settings.topic_partitions
+
+
+_open_database = RocksDBOptions.open
+
+
+def _open_without_wal(options: RocksDBOptions, path: Any, *, read_only: bool = False) -> Any:
+    """Faust's RocksDB open, with the write-ahead log off (``ROCKSDB_WAL=false``).
+
+    Why it is safe: a table partition is recovered from its changelog topic starting after
+    the offset persisted in the same database (Faust writes it after each row it covers).
+    Without the log, a killed worker loses the newest rows *and* the offset that covers them
+    together (a memtable is flushed whole), so the next start reads them back from the
+    changelog. Kafka Streams runs its RocksDB stores the same way. What it saves: strace at
+    peak counted a ``write()`` to the log for every row and every persisted offset, more than
+    a third of a worker's system calls.
+    """
+    db = _open_database(options, path, read_only=read_only)
+    if isinstance(db, rocksdict.Rdict) and not settings.rocksdb_wal:
+        write_options = rocksdict.WriteOptions()
+        write_options.disable_wal = True
+        db.set_write_options(write_options)
+    return db
+
+
+RocksDBOptions.open = _open_without_wal  # type: ignore[method-assign]
 
 
 def payment_keyed_table(name: str, value_type: type, help: str) -> Any:
