@@ -74,7 +74,9 @@ simulator from ``payment-orchestrator simulate``)::
 Settings (environment): ``KAFKA_BROKERS, DATABASE_URL, REDIS_URL, NATS_URL`` (required),
 ``TOPIC_PREFIX`` (""), ``BASELINE_CONCURRENCY`` (64), ``BASELINE_GROUP`` (consumer group,
 default ``<TOPIC_PREFIX>payment-baseline``), ``FRAUD_CHECK_TIMEOUT_SECONDS`` (5),
-``PROCESSOR_TIMEOUT_SECONDS`` (10), ``LOG_LEVEL`` (WARNING, on stderr). A missing or bad
+``PROCESSOR_TIMEOUT_SECONDS`` (10), ``NATS_FLUSH_DELAY_MS`` (0: nats-py writes at once; as
+for the orchestrator, the client then holds its pending requests that long before each
+write), ``LOG_LEVEL`` (WARNING, on stderr). A missing or bad
 setting exits 2 with one line naming it.
 
 Output on stdout: ``baseline ready`` once subscribed and assigned partitions, then
@@ -101,7 +103,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import nats
+from nats.aio.client import Client as NATS
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -200,6 +202,7 @@ class Config:
     group: str
     fraud_timeout: float
     processor_timeout: float
+    nats_flush_delay: float = 0.0
 
     @property
     def topic_in(self) -> str:
@@ -252,7 +255,28 @@ class Config:
             group=env.get("BASELINE_GROUP", "").strip() or f"{prefix}payment-baseline",
             fraud_timeout=number("FRAUD_CHECK_TIMEOUT_SECONDS", "5", float),
             processor_timeout=number("PROCESSOR_TIMEOUT_SECONDS", "10", float),
+            nats_flush_delay=int(env.get("NATS_FLUSH_DELAY_MS", "0") or "0") / 1000,
         )
+
+
+class _DelayedFlushClient(NATS):
+    """nats-py's client; with `flush_delay` > 0 its flusher waits that long before each
+    write (the same as the orchestrator's ``NATS_FLUSH_DELAY_MS``, for a paired comparison)."""
+
+    flush_delay = 0.0
+
+    async def _flusher(self) -> None:
+        queue, delay = self._flush_queue, self.flush_delay
+        if queue is not None and delay > 0:
+            take = queue.get
+
+            async def take_then_wait() -> Any:
+                future = await take()
+                await asyncio.sleep(delay)
+                return future
+
+            queue.get = take_then_wait
+        await super()._flusher()
 
 
 # --- offsets --------------------------------------------------------------------------------
@@ -430,8 +454,10 @@ class Baseline:
             socket_timeout=10, socket_connect_timeout=5))
         await self.redis.ping()
         self._release = self.redis.register_script(RELEASE_LOCK)
-        self.nc = await nats.connect(servers=config.nats_url.split(","), name="baseline",
-                                     max_reconnect_attempts=-1, reconnect_time_wait=1)
+        self.nc = _DelayedFlushClient()
+        self.nc.flush_delay = config.nats_flush_delay
+        await self.nc.connect(servers=config.nats_url.split(","), name="baseline",
+                              max_reconnect_attempts=-1, reconnect_time_wait=1)
         self.producer = AIOKafkaProducer(bootstrap_servers=list(config.kafka_brokers),
                                          acks="all", linger_ms=1, max_batch_size=256 * 1024)
         await self.producer.start()

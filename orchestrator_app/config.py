@@ -65,6 +65,8 @@ class Settings:
     database_url: str = ""
     redis_url: str = ""
     nats_url: str = ""
+    #: How long the NATS client holds its pending requests before writing them (seconds).
+    nats_flush_delay: float = 0.010
     jaeger_endpoint: str | None = None
     #: The standard OpenTelemetry variable; used when JAEGER_ENDPOINT is unset.
     otlp_endpoint: str | None = None
@@ -259,6 +261,14 @@ def _fetch_wait(raw: str) -> int:
 _FETCH_MAX_BYTES = 52_428_800
 
 
+def _flush_delay(raw: str) -> float:
+    """Milliseconds, 0 to 100, as seconds: more would stall every NATS call by that much."""
+    value = _int(raw)
+    if not 0 <= value <= 100:
+        raise ValueError("must be a whole number of milliseconds from 0 to 100")
+    return value / 1000
+
+
 def _fetch_min_bytes(raw: str) -> int:
     value = _int(raw)
     if not 1 <= value <= _FETCH_MAX_BYTES:
@@ -373,6 +383,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DATABASE_URL": ("database_url", _url("postgres", "postgresql")),
     "REDIS_URL": ("redis_url", _url("redis", "rediss", add_scheme="redis")),
     "NATS_URL": ("nats_url", _nats_urls),
+    "NATS_FLUSH_DELAY_MS": ("nats_flush_delay", _flush_delay),
     "JAEGER_ENDPOINT": ("jaeger_endpoint", _url("http", "https")),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("otlp_endpoint", _url("http", "https")),
     "PORT": ("port", _port),

@@ -9,7 +9,7 @@ from orchestrator_app.clients.redis import RedisClient
 
 __all__ = ["nats_client", "payment_store", "redis_client"]
 
-nats_client = NatsClient(settings.nats_url)
+nats_client = NatsClient(settings.nats_url, flush_delay=settings.nats_flush_delay)
 payment_store = PaymentStore(settings.database_url)
 redis_client = RedisClient(settings.redis_url)
 

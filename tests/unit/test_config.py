@@ -66,6 +66,9 @@ def test_defaults() -> None:
     assert s.gc_gen0_threshold == 10000
     assert s.table_standby_buffer_size == 1000
     assert (s.consumer_fetch_max_wait_ms, s.consumer_fetch_min_bytes) == (50, 16384)
+    assert s.nats_flush_delay == 0.010
+    assert s.rocksdb_wal is False
+    assert s.producer_unacked_max == 20000
 
 
 def test_values_are_read() -> None:
@@ -83,7 +86,12 @@ def test_values_are_read() -> None:
         GC_GEN0_THRESHOLD="700",
         TABLE_STANDBY_BUFFER_SIZE="10",
         CONSUMER_FETCH_MIN_BYTES="32768",
+        NATS_FLUSH_DELAY_MS="0",
+        ROCKSDB_WAL="true",
+        PRODUCER_UNACKED_MAX="500",
     )
+    assert (s.nats_flush_delay, s.rocksdb_wal, s.producer_unacked_max) == (0.0, True, 500)
+    assert load(NATS_FLUSH_DELAY_MS="100").nats_flush_delay == 0.1
     assert s.consumer_fetch_min_bytes == 32768
     assert s.gc_gen0_threshold == 700
     assert s.table_standby_buffer_size == 10
@@ -206,6 +214,11 @@ def test_required_are_the_spec_servers() -> None:
         ("CONSUMER_FETCH_MIN_BYTES", "32k"),
         ("CONSUMER_FETCH_MIN_BYTES", "52428801"),
         ("CONSUMER_FETCH_MIN_BYTES", "2147483648"),
+        ("NATS_FLUSH_DELAY_MS", "-1"),
+        ("NATS_FLUSH_DELAY_MS", "101"),
+        ("NATS_FLUSH_DELAY_MS", "2.5"),
+        ("ROCKSDB_WAL", "maybe"),
+        ("PRODUCER_UNACKED_MAX", "0"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, raw: str) -> None:
