@@ -66,7 +66,7 @@ class Settings:
     redis_url: str = ""
     nats_url: str = ""
     #: How long the NATS client holds its pending requests before writing them (seconds).
-    nats_flush_delay: float = 0.010
+    nats_flush_delay: float = 0.020
     jaeger_endpoint: str | None = None
     #: The standard OpenTelemetry variable; used when JAEGER_ENDPOINT is unset.
     otlp_endpoint: str | None = None

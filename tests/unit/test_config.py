@@ -66,7 +66,7 @@ def test_defaults() -> None:
     assert s.gc_gen0_threshold == 10000
     assert s.table_standby_buffer_size == 1000
     assert (s.consumer_fetch_max_wait_ms, s.consumer_fetch_min_bytes) == (50, 16384)
-    assert s.nats_flush_delay == 0.010
+    assert s.nats_flush_delay == 0.020
     assert s.rocksdb_wal is False
     assert s.producer_unacked_max == 20000
 
