@@ -45,11 +45,15 @@ class _CoalescingClient(Client):  # type: ignore[misc]
     """
 
     flush_delay = 0.0
+    _held_queue: object = None
 
     async def _flusher(self) -> None:
-        queue = self._flush_queue  # recreated on reconnect, with a new flusher task
+        # A new flusher task starts at every (re)connect, on the queue made at connect():
+        # wrap each queue once, or every reconnect would add another hold.
+        queue = self._flush_queue
         delay = self.flush_delay
-        if queue is not None and delay > 0:
+        if queue is not None and delay > 0 and queue is not self._held_queue:
+            self._held_queue = queue
             take = queue.get
 
             async def take_then_wait() -> asyncio.Future[None]:

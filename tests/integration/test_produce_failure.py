@@ -34,22 +34,31 @@ async def committed(brokers: str, group: str, tp: TopicPartition) -> int | None:
         await consumer.stop()
 
 
+async def worker_refused_on(brokers: str, env: dict[str, str], topic: str, max_bytes: int,
+                            spawn_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """A healthy worker whose `topic` (created first) takes no record batch over
+    `max_bytes`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(
+            env["TOPIC_PREFIX"] + topic, num_partitions=4, replication_factor=1,
+            topic_configs={"max.message.bytes": str(max_bytes)})])
+    finally:
+        await admin.close()
+    worker = spawn_worker(env)
+    worker.wait_healthy()
+    return worker
+
+
 async def test_a_refused_produce_exits_the_worker_before_committing(
     kafka_brokers: str, worker_env: Callable[..., dict[str, str]],
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
     env = worker_env(kafka_brokers)
     prefix = env["TOPIC_PREFIX"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(
-            prefix + "payment.created.dlq", num_partitions=4, replication_factor=1,
-            topic_configs={"max.message.bytes": "4000"})])
-    finally:
-        await admin.close()
-    worker = spawn_worker(env)
-    worker.wait_healthy()
+    worker = await worker_refused_on(kafka_brokers, env, "payment.created.dlq", 4000,
+                                     spawn_worker)
 
     run = uuid.uuid4().hex[:8]
     small = f"small-{run}"
@@ -85,16 +94,8 @@ async def test_a_refused_state_change_exits_the_worker_before_committing(
     the broker refuses every state change (any record batch is over 100 bytes)."""
     env = worker_env(kafka_brokers)
     prefix = env["TOPIC_PREFIX"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(
-            prefix + "payment.state.changed", num_partitions=4, replication_factor=1,
-            topic_configs={"max.message.bytes": "100"})])
-    finally:
-        await admin.close()
-    worker = spawn_worker(env)
-    worker.wait_healthy()
+    worker = await worker_refused_on(kafka_brokers, env, "payment.state.changed", 100,
+                                     spawn_worker)
 
     payment = f"refused-{uuid.uuid4().hex[:8]}"
     await produce(kafka_brokers, prefix + "payment.created",
