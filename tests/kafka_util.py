@@ -7,7 +7,21 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
+
+
+async def create_topic(brokers: str, name: str, partitions: int,
+                       configs: dict[str, str] | None = None) -> None:
+    """Create `name` (replication factor 1) before anything else declares it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                            replication_factor=1,
+                                            topic_configs=configs or {})])
+    finally:
+        await admin.close()
 
 
 async def produce(brokers: str, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:

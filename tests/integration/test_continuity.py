@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
 import agents.continuity
 from orchestrator_app.app import app
 from orchestrator_app.clients.kafka_range import RangeReader
 from orchestrator_app.continuity import Continuity
+from tests.kafka_util import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def topic(kafka_brokers: str) -> str:
     name = f"continuity-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka_brokers, name, 2)
     return name
 
 

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from orchestrator_app.domain import codec
-from tests.kafka_util import produce, read_until
+from tests.kafka_util import create_topic, produce, read_until
 from tests.saga_util import await_states, get_state, metric_samples, partition_of
 from tests.workers import SimulatorProcess, WorkerProcess
 
@@ -387,16 +387,8 @@ async def test_payment_created_with_other_partitions_takes_the_rekeying_hop(
     """payment.created with 8 partitions (commands has 4): the saga may not apply an event
     where it arrives, so the worker turns on the ingest agent (re-keying through commands),
     and every payment still completes — on the replica that owns its commands partition."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
     env = worker_env(kafka_brokers, INGEST_DIRECT="true")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(env["TOPIC_PREFIX"] + "payment.created",
-                                            num_partitions=8, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka_brokers, env["TOPIC_PREFIX"] + "payment.created", 8)
     spawn_simulator()
     worker = spawn_worker(env)
     worker.wait_healthy()

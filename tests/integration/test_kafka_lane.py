@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import MessageSizeTooLargeError, ProducerClosed
 
 from orchestrator_app.clients.kafka_lane import KafkaLane
 from orchestrator_app.partitioning import key_hash, partitioner
+from tests.kafka_util import create_topic
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +25,7 @@ PARTITIONS = 3
 @pytest.fixture
 async def topic(kafka_brokers: str) -> str:
     name = f"lane-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=PARTITIONS,
-                                            replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka_brokers, name, PARTITIONS)
     return name
 
 

@@ -13,11 +13,10 @@ from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from orchestrator_app.domain import codec
 from orchestrator_app.supervision import EXIT_PRODUCE_FAILED
-from tests.kafka_util import produce
+from tests.kafka_util import create_topic, produce
 from tests.saga_util import created_event, get_state, partition_of
 from tests.workers import WorkerProcess
 
@@ -38,14 +37,8 @@ async def worker_refused_on(brokers: str, env: dict[str, str], topic: str, max_b
                             spawn_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     """A healthy worker whose `topic` (created first) takes no record batch over
     `max_bytes`."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(
-            env["TOPIC_PREFIX"] + topic, num_partitions=4, replication_factor=1,
-            topic_configs={"max.message.bytes": str(max_bytes)})])
-    finally:
-        await admin.close()
+    await create_topic(brokers, env["TOPIC_PREFIX"] + topic, 4,
+                       {"max.message.bytes": str(max_bytes)})
     worker = spawn_worker(env)
     worker.wait_healthy()
     return worker
