@@ -74,9 +74,9 @@ simulator from ``payment-orchestrator simulate``)::
 Settings (environment): ``KAFKA_BROKERS, DATABASE_URL, REDIS_URL, NATS_URL`` (required),
 ``TOPIC_PREFIX`` (""), ``BASELINE_CONCURRENCY`` (64), ``BASELINE_GROUP`` (consumer group,
 default ``<TOPIC_PREFIX>payment-baseline``), ``FRAUD_CHECK_TIMEOUT_SECONDS`` (5),
-``PROCESSOR_TIMEOUT_SECONDS`` (10), ``NATS_FLUSH_DELAY_MS`` (0: nats-py writes at once; as
-for the orchestrator, the client then holds its pending requests that long before each
-write), ``LOG_LEVEL`` (WARNING, on stderr). A missing or bad
+``PROCESSOR_TIMEOUT_SECONDS`` (10), ``NATS_FLUSH_DELAY_MS`` (0: nats-py writes at once;
+otherwise the orchestrator's own client holds pending requests that long while others await
+replies), ``LOG_LEVEL`` (WARNING, on stderr). A missing or bad
 setting exits 2 with one line naming it.
 
 Output on stdout: ``baseline ready`` once subscribed and assigned partitions, then
@@ -103,7 +103,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from nats.aio.client import Client as NATS
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -120,6 +119,7 @@ from nats.errors import NoRespondersError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator_app.clients.nats import CoalescingClient  # noqa: E402
 from orchestrator_app.domain import codec, replies  # noqa: E402
 from orchestrator_app.domain.policies import RETRYABLE_ERRORS  # noqa: E402
 from orchestrator_app.domain.records import CommandKind, PaymentCreated, ProcessRequest  # noqa: E402
@@ -242,6 +242,13 @@ class Config:
                 raise ConfigError(f"{name} must be a positive number, got {raw!r}")
             return value
 
+        def flush_delay_ms(name: str) -> float:
+            raw = env.get(name, "0").strip() or "0"
+            if not raw.isdigit() or int(raw) > 100:
+                raise ConfigError(f"{name} must be a whole number of milliseconds from 0 to "
+                                  f"100, got {raw!r}")
+            return int(raw) / 1000
+
         brokers = tuple(b.strip().removeprefix("kafka://")
                         for b in required("KAFKA_BROKERS").split(",") if b.strip())
         prefix = env.get("TOPIC_PREFIX", "")
@@ -255,28 +262,8 @@ class Config:
             group=env.get("BASELINE_GROUP", "").strip() or f"{prefix}payment-baseline",
             fraud_timeout=number("FRAUD_CHECK_TIMEOUT_SECONDS", "5", float),
             processor_timeout=number("PROCESSOR_TIMEOUT_SECONDS", "10", float),
-            nats_flush_delay=int(env.get("NATS_FLUSH_DELAY_MS", "0") or "0") / 1000,
+            nats_flush_delay=flush_delay_ms("NATS_FLUSH_DELAY_MS"),
         )
-
-
-class _DelayedFlushClient(NATS):
-    """nats-py's client; with `flush_delay` > 0 its flusher waits that long before each
-    write (the same as the orchestrator's ``NATS_FLUSH_DELAY_MS``, for a paired comparison)."""
-
-    flush_delay = 0.0
-
-    async def _flusher(self) -> None:
-        queue, delay = self._flush_queue, self.flush_delay
-        if queue is not None and delay > 0:
-            take = queue.get
-
-            async def take_then_wait() -> Any:
-                future = await take()
-                await asyncio.sleep(delay)
-                return future
-
-            queue.get = take_then_wait
-        await super()._flusher()
 
 
 # --- offsets --------------------------------------------------------------------------------
@@ -454,7 +441,7 @@ class Baseline:
             socket_timeout=10, socket_connect_timeout=5))
         await self.redis.ping()
         self._release = self.redis.register_script(RELEASE_LOCK)
-        self.nc = _DelayedFlushClient()
+        self.nc = CoalescingClient()
         self.nc.flush_delay = config.nats_flush_delay
         await self.nc.connect(servers=config.nats_url.split(","), name="baseline",
                               max_reconnect_attempts=-1, reconnect_time_wait=1)

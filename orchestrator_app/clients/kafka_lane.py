@@ -75,11 +75,7 @@ class KafkaLane:
             self._backlog.append((topic, key, value, headers or [], callback))
             self._drain_soon()
             return
-        try:
-            self._append(topic, key, value, headers or [], callback)
-        except Exception as exc:  # a record that cannot be sent stops the worker
-            self._on_failure(exc)
-            raise
+        self._append(topic, key, value, headers or [], callback)
 
     async def room(self) -> None:
         """Wait until fewer than `limit` records are unacknowledged (cheap when so)."""
@@ -89,13 +85,20 @@ class KafkaLane:
     async def drained(self) -> None:
         """Wait until the backlog is in the producer's batches (where its flush sees it)."""
         while self._backlog:
-            if self._draining is None or self._draining.done():
-                self._drain_soon()
-            assert self._draining is not None
-            await asyncio.shield(self._draining)
+            await asyncio.shield(self._drain_soon())
 
     def _append(self, topic: str, key: bytes, value: bytes, headers: Headers,
                 callback: Callback | None) -> None:
+        """Append to the partition's open batch; a record that cannot be appended stops the
+        worker (`on_failure`) and raises."""
+        try:
+            self._append_to_batch(topic, key, value, headers, callback)
+        except Exception as exc:
+            self._on_failure(exc)
+            raise
+
+    def _append_to_batch(self, topic: str, key: bytes, value: bytes, headers: Headers,
+                         callback: Callback | None) -> None:
         producer = self._producer()
         accumulator = producer._message_accumulator
         if accumulator._closed or accumulator._exception is not None:
@@ -125,9 +128,11 @@ class KafkaLane:
         if error is not None:
             self._on_failure(error)
 
-    def _drain_soon(self) -> None:
+    def _drain_soon(self) -> asyncio.Task[None]:
+        """The task appending the backlog: the running one, else a new one."""
         if self._draining is None or self._draining.done():
             self._draining = asyncio.ensure_future(self._drain())
+        return self._draining
 
     async def _drain(self) -> None:
         """Learn the partition counts the backlog needs, then append it in order."""
@@ -149,11 +154,7 @@ class KafkaLane:
                     delay = min(delay * 2, 2.0)
                     continue
             while self._backlog and self._backlog[0][0] in self._partitions:
-                try:
-                    self._append(*self._backlog.popleft())
-                except Exception as exc:  # never quietly: the worker stops (on_failure)
-                    self._on_failure(exc)
-                    raise
+                self._append(*self._backlog.popleft())
 
 
 def _then(first: Callable[[Any], None], second: Callback) -> Callable[[Any], None]:

@@ -18,7 +18,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from orchestrator_app import telemetry
 
-__all__ = ["NatsClient", "RequestTimeout", "ServiceUnavailable"]
+__all__ = ["CoalescingClient", "NatsClient", "RequestTimeout", "ServiceUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ServiceUnavailable(Exception):
     """No responder, or no connection: the request certainly was not handled."""
 
 
-class _CoalescingClient(Client):  # type: ignore[misc]
+class CoalescingClient(Client):  # type: ignore[misc]
     """nats-py's client, whose flusher waits `flush_delay` seconds before each write.
 
     Why: nats-py writes its pending commands as soon as its flusher task runs, and on a busy
@@ -97,7 +97,7 @@ class NatsClient(faust.Service):
         delay = 0.2
         while self._nc is None:
             try:
-                client = _CoalescingClient()
+                client = CoalescingClient()
                 client.flush_delay = self._flush_delay
                 await client.connect(
                     servers=self._servers,

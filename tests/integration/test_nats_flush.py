@@ -10,7 +10,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from orchestrator_app.clients.nats import NatsClient, _CoalescingClient
+from orchestrator_app.clients.nats import CoalescingClient, NatsClient
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ async def silent_responder(nats_url: str) -> AsyncIterator[Client]:
 
 async def test_requests_made_while_others_wait_share_one_write(
         nats_url: str, silent_responder: Client) -> None:
-    client = _CoalescingClient()
+    client = CoalescingClient()
     client.flush_delay = 0.5
     await client.connect(servers=[nats_url])
     writes: list[bytes] = []

@@ -111,6 +111,8 @@ def test_config_defaults() -> None:
     assert config.topic_in == "run1.payment.created"
     assert config.topic_out == "run1.payment.state.changed"
     assert config.group == "run1.payment-baseline"
+    assert config.nats_flush_delay == 0.0
+    assert baseline.Config.from_env({**ENV, "NATS_FLUSH_DELAY_MS": "6"}).nats_flush_delay == 0.006
     # The lock outlives both NATS timeouts.
     assert config.lock_ttl_ms > (config.fraud_timeout + config.processor_timeout) * 1000
 
@@ -132,6 +134,12 @@ def test_config_refuses_a_bad_concurrency(value: str) -> None:
 def test_config_refuses_a_bad_timeout(value: str) -> None:
     with pytest.raises(baseline.ConfigError, match="FRAUD_CHECK_TIMEOUT_SECONDS"):
         baseline.Config.from_env({**ENV, "FRAUD_CHECK_TIMEOUT_SECONDS": value})
+
+
+@pytest.mark.parametrize("value", ["-1", "101", "2.5", "soon"])
+def test_config_refuses_a_bad_flush_delay(value: str) -> None:
+    with pytest.raises(baseline.ConfigError, match="NATS_FLUSH_DELAY_MS"):
+        baseline.Config.from_env({**ENV, "NATS_FLUSH_DELAY_MS": value})
 
 
 # --- events and metadata ---------------------------------------------------------------------
