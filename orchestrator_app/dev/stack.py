@@ -255,6 +255,14 @@ def find_java() -> str:
     return java
 
 
+#: The broker's JIT and collector unless ``KAFKA_JVM_PERFORMANCE_OPTS`` (Kafka's own variable)
+#: says otherwise. A dev, CI or bench broker lives minutes on a shared 2-core machine: with
+#: the JVM's defaults its C2 compiler threads took 45 % of the broker's CPU during a 20-s
+#: bench, competing with the workers. C1 only (and the parallel collector, no concurrent
+#: marking) halved the broker's CPU per payment, 0.34 → 0.16 ms (README, run L).
+KAFKA_JVM_PERFORMANCE_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseParallelGC"
+
+
 def kafka_jvm(cache_dir: Path | None, log: Log) -> Callable[..., list[str]]:
     """``jvm(run_dir, *heap)``: the java command line (up to the main class) for a node
     logging through a log4j2 file written to run_dir. Fetches the jars on first use."""
@@ -269,7 +277,9 @@ def kafka_jvm(cache_dir: Path | None, log: Log) -> Callable[..., list[str]]:
             "appender.out.layout.type=PatternLayout\n"
             "appender.out.layout.pattern=[%d] %p %m (%c)%n\n"
             "logger.cfg.name=org.apache.kafka.common.config\nlogger.cfg.level=WARN\n")
-        return [java, *heap, "-Djava.awt.headless=true",
+        return [java, *heap, *shlex.split(
+            os.environ.get("KAFKA_JVM_PERFORMANCE_OPTS", KAFKA_JVM_PERFORMANCE_OPTS)),
+                "-Djava.awt.headless=true",
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{jars}/*"]
 
     return jvm
