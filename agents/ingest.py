@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def to_command(payment: PaymentCreated, raw: bytes, source: SourceRef, now: str) -> Command:
-    return Command(
+    return Command.trusted(
         kind=CommandKind.CREATE.value,
         payment_id=payment.payment_id,
         command_id=create_command_id(payment.payment_id),

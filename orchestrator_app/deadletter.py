@@ -13,7 +13,8 @@ __all__ = ["dead_letter", "position_of"]
 
 def position_of(message: Any) -> SourceRef:
     """Where a Kafka record came from: a Faust message and an aiokafka record alike."""
-    return SourceRef(topic=message.topic, partition=message.partition, offset=message.offset)
+    return SourceRef.trusted(topic=message.topic, partition=message.partition,
+                             offset=message.offset)
 
 
 def dead_letter(

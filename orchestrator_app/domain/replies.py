@@ -183,7 +183,7 @@ def _fraud_result(payment_id: str, reply: bytes, now: str) -> Command:
         return fraud_unavailable(payment_id, "fraud reply has missing or mistyped fields", now)
     if not _readable_score(score):
         return fraud_unavailable(payment_id, "fraud reply has an unreadable risk_score", now)
-    return Command(
+    return Command.trusted(
         kind=CommandKind.FRAUD_RESULT.value,
         payment_id=payment_id,
         command_id=fraud_command_id(payment_id),
@@ -235,7 +235,7 @@ def _process_result(request: ProcessRequest, reply: bytes, now: str) -> Command:
             request, "invalid_reply", "processor reply has no boolean 'success'", True, now
         )
     if success:
-        return Command(
+        return Command.trusted(
             kind=_result_kind(request).value,
             payment_id=request.payment_id,
             command_id=result_command_id(request, success=True),

@@ -519,7 +519,7 @@ def _step(
         metadata = {**metadata, "attempt": attempt}
     if target is State.FRAUD_CHECK:
         metadata = {**metadata, "fraud_requested_at": now}
-    entry = HistoryEntry(
+    entry = HistoryEntry.trusted(
         version=version,
         state=target.value,
         previous_state=state.value,
@@ -564,8 +564,8 @@ def _clear_timer(payment: Payment) -> Payment:
 def timer_of(payment: Payment) -> Timer | None:
     if payment.timer_kind is None or payment.timer_due is None:
         return None
-    return Timer(payment_id=payment.payment_id, kind=payment.timer_kind,
-                 due=payment.timer_due, seq=payment.timer_seq)
+    return Timer.trusted(payment_id=payment.payment_id, kind=payment.timer_kind,
+                         due=float(payment.timer_due), seq=payment.timer_seq)
 
 
 def _follow_automatic(payment: Payment, now: str, policy: SagaPolicy) -> Payment:
@@ -586,10 +586,10 @@ def _follow_automatic(payment: Payment, now: str, policy: SagaPolicy) -> Payment
 def _create(command: Command, now: str, policy: SagaPolicy) -> Outcome:
     created = command.payment
     assert created is not None
-    entry = HistoryEntry(
+    entry = HistoryEntry.trusted(
         version=1, state=State.NEW.value, previous_state=None, timestamp=now, metadata={}
     )
-    payment = Payment(
+    payment = Payment.trusted(
         payment_id=created.payment_id,
         amount=created.amount,
         currency=created.currency,
@@ -735,7 +735,7 @@ def requests_for(
     state = State(payment.state)
     if state is State.FRAUD_CHECK:
         return (
-            FraudCheckRequest(
+            FraudCheckRequest.trusted(
                 payment_id=payment.payment_id,
                 customer_id=payment.customer_id,
                 amount=payment.amount,
@@ -760,7 +760,7 @@ def _process_request(payment: Payment, operation: Operation, attempt: int) -> Pr
         confirmation = next(
             (e.metadata.get("confirmation_id") for e in reversed(payment.history)
              if e.state == State.COMPLETED.value), None)
-    return ProcessRequest(
+    return ProcessRequest.trusted(
         payment_id=payment.payment_id,
         amount=payment.amount,
         currency=payment.currency,
@@ -817,7 +817,7 @@ def notifications_for(payment: Payment, entry: HistoryEntry) -> tuple[Notificati
 
 
 def state_changed(payment: Payment, entry: HistoryEntry) -> PaymentStateChanged:
-    return PaymentStateChanged(
+    return PaymentStateChanged.trusted(
         payment_id=payment.payment_id,
         previous_state=entry.previous_state,
         current_state=entry.state,

@@ -102,7 +102,7 @@ def _validate(raw: bytes, max_bytes: int) -> PaymentCreated | Invalid:
     if parsed.tzinfo is None:
         return Invalid("invalid_timestamp", "created_at must include a time zone (e.g. 'Z')")
 
-    return PaymentCreated(
+    return PaymentCreated.trusted(
         payment_id=data["payment_id"],
         amount=canonical,
         currency=currency,
