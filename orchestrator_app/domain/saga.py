@@ -149,7 +149,9 @@ class Outcome:
 def format_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``: the form every contract uses."""
     # isoformat is C; strftime cost ~2 % of a busy worker (a few timestamps per command).
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def epoch(timestamp: str) -> float:
