@@ -45,7 +45,8 @@ __all__ = ["KafkaLane"]
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[Any], None]
+#: Called with the record's offset once the broker has it (None with ``acks=0``).
+Callback = Callable[[int | None], None]
 Headers = list[tuple[str, bytes]]
 
 
@@ -59,11 +60,13 @@ class KafkaLane:
         self._on_failure = on_failure
         self.limit = limit
         self._partitions: dict[str, int] = {}
-        self._backlog: deque[tuple[str, bytes, bytes, Headers, Callback | None]] = deque()
+        self._backlog: deque[tuple[str, bytes, bytes, Headers, Callback | None, int | None]] \
+            = deque()
         self._draining: asyncio.Task[None] | None = None
         self._unacked = 0
-        #: Per producer batch holding records of ours: their callbacks, in append order.
-        self._waiting: dict[Any, list[Callback | None]] = {}
+        #: Per producer batch holding records of ours: their callbacks and offsets in the
+        #: batch, in append order.
+        self._waiting: dict[Any, list[tuple[Callback | None, int]]] = {}
         self._room = asyncio.Event()
         self._room.set()
 
@@ -72,17 +75,17 @@ class KafkaLane:
         return self._unacked
 
     def send(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None,
-             callback: Callback | None = None) -> None:
-        """Append one record; `callback(metadata)` runs once the broker has it (`metadata`
-        is its batch's: topic, partition and the batch's base offset)."""
+             callback: Callback | None = None, partition: int | None = None) -> None:
+        """Append one record to `partition` (by default the key's, as Kafka's default
+        partitioner picks it); `callback(offset)` runs once the broker has it."""
         self._unacked += 1
         if self._unacked >= self.limit:
             self._room.clear()
         if self._backlog or topic not in self._partitions:
-            self._backlog.append((topic, key, value, headers or [], callback))
+            self._backlog.append((topic, key, value, headers or [], callback, partition))
             self._drain_soon()
             return
-        self._append(topic, key, value, headers or [], callback)
+        self._append(topic, key, value, headers or [], callback, partition)
 
     async def room(self) -> None:
         """Wait until fewer than `limit` records are unacknowledged (cheap when so)."""
@@ -95,17 +98,17 @@ class KafkaLane:
             await asyncio.shield(self._drain_soon())
 
     def _append(self, topic: str, key: bytes, value: bytes, headers: Headers,
-                callback: Callback | None) -> None:
+                callback: Callback | None, partition: int | None) -> None:
         """Append to the partition's open batch; a record that cannot be appended stops the
         worker (`on_failure`) and raises."""
         try:
-            self._append_to_batch(topic, key, value, headers, callback)
+            self._append_to_batch(topic, key, value, headers, callback, partition)
         except Exception as exc:
             self._on_failure(exc)
             raise
 
     def _append_to_batch(self, topic: str, key: bytes, value: bytes, headers: Headers,
-                         callback: Callback | None) -> None:
+                         callback: Callback | None, partition: int | None) -> None:
         producer = self._producer()
         accumulator = producer._message_accumulator
         if accumulator._closed or accumulator._exception is not None:
@@ -114,21 +117,27 @@ class KafkaLane:
             raise MessageSizeTooLargeError(
                 f"a record of {len(key) + len(value)} B is over the producer's "
                 f"max_request_size ({producer._max_request_size} B)")
-        tp = TopicPartition(topic, self._key_hash(key) % self._partitions[topic])
+        count = self._partitions[topic]
+        if partition is None:
+            partition = self._key_hash(key) % count
+        elif not 0 <= partition < count:
+            raise ValueError(f"{topic} has no partition {partition} (it has {count})")
+        tp = TopicPartition(topic, partition)
         queue = accumulator._batches.get(tp)
         batch = queue[-1] if queue else None
-        if batch is None or batch._builder.append(
-                timestamp=None, key=key, value=value, headers=headers) is None:
-            # no open batch for the partition, or it is full: a new one
+        record = None if batch is None else batch._builder.append(
+            timestamp=None, key=key, value=value, headers=headers)
+        if record is None:  # no open batch for the partition, or it is full: a new one
             batch = accumulator._append_batch(accumulator.create_builder(), tp)
-            if batch._builder.append(timestamp=None, key=key, value=value,
-                                     headers=headers) is None:
+            record = batch._builder.append(timestamp=None, key=key, value=value,
+                                           headers=headers)
+            if record is None:  # an empty batch takes any record: not expected
                 raise RuntimeError("a new producer batch refused a record")
         waiting = self._waiting.get(batch)
         if waiting is None:
             waiting = self._waiting[batch] = []
             batch.future.add_done_callback(partial(self._delivered, batch))
-        waiting.append(callback)
+        waiting.append((callback, record.offset))
 
     def _delivered(self, batch: Any, future: asyncio.Future[Any]) -> None:
         """A batch is on the broker (or failed): every record of ours in it is settled."""
@@ -143,9 +152,10 @@ class KafkaLane:
             self._on_failure(error)
             return
         metadata = future.result()
-        for callback in callbacks:
+        base = None if metadata is None else metadata.offset
+        for callback, offset in callbacks:
             if callback is not None:
-                callback(metadata)
+                callback(None if base is None else base + offset)
 
     def _drain_soon(self) -> asyncio.Task[None]:
         """The task appending the backlog: the running one, else a new one."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rocksdict
 
 from tests.faults.util import (
     HAPPY,
@@ -42,6 +43,22 @@ def post(worker: WorkerProcess, path: str, body: dict[str, Any]) -> tuple[int, b
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def persisted_offsets(data_dir: Path) -> dict[int, int]:
+    """Per partition database of the payments table: the changelog offset it persisted."""
+    options = rocksdict.Options(raw_mode=True)
+    found: dict[int, int] = {}
+    for path in data_dir.rglob("payments-*.db"):
+        db = rocksdict.Rdict(str(path), options=options,
+                             access_type=rocksdict.AccessType.read_only())
+        try:
+            offset = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        if offset is not None:
+            found[int(path.name.removesuffix(".db").rsplit("-", 1)[1])] = int(offset)
+    return found
 
 
 async def all_answered(worker: WorkerProcess, expected: dict[str, tuple[int, Any]],
@@ -85,6 +102,13 @@ async def test_worker_rebuilds_a_deleted_store_from_the_changelog(
 
     worker.stop()  # SIGTERM
     assert worker.proc is not None and worker.proc.returncode == 0, worker.log_tail(30)
+    # Each partition database recorded the last changelog offset it holds (what a restart
+    # with the store in place resumes recovery after).
+    changelog = await read_to_end(kafka_brokers, f"{env['APP_ID']}-payments-changelog")
+    last: dict[int, int] = {}
+    for record in changelog:
+        last[record.partition] = max(last.get(record.partition, -1), record.offset)
+    assert last and persisted_offsets(data_dir) == last
     size = sum(f.stat().st_size for f in data_dir.rglob("*") if f.is_file())
     shutil.rmtree(data_dir)
     restarted = spawn_worker(env, name="after")

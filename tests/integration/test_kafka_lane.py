@@ -65,12 +65,16 @@ async def test_every_record_lands_once_in_order_on_its_keys_partition(
     failures: list[BaseException] = []
     lane = KafkaLane(lambda: producer, key_hash, failures.append)
     acked: list[int] = []
+    offsets: dict[int, int | None] = {}
     keys = [f"pay-{i % 17}".encode() for i in range(600)]
     # The first sends come before the topic's metadata is known: they wait in the backlog,
     # and every later send queues behind them (a payment's events keep their order).
     for i, key in enumerate(keys):
-        lane.send(topic, key, str(i).encode(), [("n", str(i).encode())],
-                  lambda _meta, i=i: acked.append(i))
+        def ack(offset: int | None, i: int = i) -> None:
+            acked.append(i)
+            offsets[i] = offset
+
+        lane.send(topic, key, str(i).encode(), [("n", str(i).encode())], ack)
         if i == 300:
             await lane.drained()  # the rest go straight into the batches
     assert len(lane) > 0
@@ -85,6 +89,7 @@ async def test_every_record_lands_once_in_order_on_its_keys_partition(
     for r in records:
         assert r.partition == partitioner(r.key, list(range(PARTITIONS)), [])
         assert dict(r.headers) == {"n": r.value}
+        assert offsets[int(r.value)] == r.offset  # each callback gets its own record's offset
     for key in set(keys):  # per key, in send order
         sent = [i for i, k in enumerate(keys) if k == key]
         got = [int(r.value) for r in sorted(records, key=lambda r: r.offset) if r.key == key]
@@ -125,3 +130,23 @@ async def test_a_record_that_cannot_be_sent_stops_the_worker_not_the_record(
     with pytest.raises(ProducerClosed):
         lane.send(topic, b"k", b"after the producer stopped")
     assert len(failures) == 2
+
+
+async def test_a_record_goes_to_the_partition_it_is_given(
+        kafka_brokers: str, topic: str, producer: AIOKafkaProducer) -> None:
+    """Table changelogs name their partition (the table's), whatever the key hashes to."""
+    failures: list[BaseException] = []
+    lane = KafkaLane(lambda: producer, key_hash, failures.append)
+    offsets: list[int | None] = []
+    for i in range(30):
+        lane.send(topic, b"same-key", str(i).encode(), None, offsets.append,
+                  partition=i % PARTITIONS)
+    await lane.drained()
+    await producer.flush()
+    await asyncio.sleep(0)
+    records = await read_all(kafka_brokers, topic, 30)
+    assert sorted((int(r.value) % PARTITIONS, r.partition) for r in records) == sorted(
+        (i % PARTITIONS, i % PARTITIONS) for i in range(30))
+    assert len(offsets) == 30 and failures == []
+    with pytest.raises(ValueError, match="no partition 3"):
+        lane.send(topic, b"k", b"v", None, None, partition=PARTITIONS)
