@@ -1,5 +1,6 @@
 """Records appended straight to the producer's batches: the saga's state changes and
-notifications, past Faust's per-record send path.
+notifications, and the payments table's changelog records (`tables.payments`), past Faust's
+per-record send path.
 
 Why. A record sent through Faust (``send_soon``) becomes a future message in a buffer that a
 background task drains, each record one ``publish_message`` and one awaited
